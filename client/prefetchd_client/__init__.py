@@ -1,0 +1,69 @@
+"""prefetchd-client: decoded batches from a prefetchd daemon, as numpy views of shared memory.
+
+    from prefetchd_client import idx_iter
+    for data, label in idx_iter("s3://bucket/train-images-idx3-ubyte", "s3://bucket/train-labels-idx1-ubyte",
+                                batch_size=100, shuffle=True):
+        ...
+
+MXNet users take `prefetchd_client.MNISTIter` (a drop-in for `mx.io.MNISTIter` that accepts s3:// URLs),
+or `import prefetchd_client.mxnet_s3` to route MXNet's own iterators' s3:// paths through prefetchd.
+Only numpy and the standard library are imported here; MXNet is imported when an adapter is first used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._version import __version__
+from .autostart import connect
+from .errors import (
+    AccessDenied,
+    BatchTimeout,
+    DaemonUnavailable,
+    FormatError,
+    InvalidRequest,
+    LocalProtocolError,
+    ObjectChanged,
+    ObjectNotFound,
+    PrefetchdError,
+    ProtocolError,
+    RemoteProtocolError,
+    SourceError,
+    SourceUnavailable,
+    StreamClosed,
+)
+from .iterator import Batch, BatchIterator, idx_iter
+
+_MXNET_ADAPTERS = ("MNISTIter",)
+
+__all__ = [
+    "AccessDenied",
+    "Batch",
+    "BatchIterator",
+    "BatchTimeout",
+    "DaemonUnavailable",
+    "FormatError",
+    "InvalidRequest",
+    "LocalProtocolError",
+    "MNISTIter",
+    "ObjectChanged",
+    "ObjectNotFound",
+    "PrefetchdError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "SourceError",
+    "SourceUnavailable",
+    "StreamClosed",
+    "__version__",
+    "connect",
+    "idx_iter",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """The MXNet adapters, imported (with MXNet) only when asked for."""
+    if name in _MXNET_ADAPTERS:
+        from .adapters import mxnet
+
+        return getattr(mxnet, name)
+    raise AttributeError(f"module 'prefetchd_client' has no attribute {name!r}")

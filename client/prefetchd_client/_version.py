@@ -1,0 +1,3 @@
+"""The package version; separate from the ring and protocol versions."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,161 @@
+"""Drop-in replacements for MXNet's iterators that read through prefetchd and accept s3:// URLs.
+
+MXNet's argument names are kept and translated once, here. Importing this module imports MXNet.
+
+Where MXNet's own iterator and the obvious choice differ, MXNet's behaviour is kept:
+- MNISTIter scales pixels by 1/256 (not 1/255) and drops a final partial batch (pad is always 0);
+- with `shuffle=True` it shuffles once, at construction, and every epoch repeats that order (code such as
+  MXNet's test_conv.py relies on this: it predicts one pass and reads labels from the next). Pass
+  `reshuffle_every_epoch=True` for a new permutation each epoch. The permutation itself is prefetchd's
+  (seeded by `seed`), not the one MXNet's std::mt19937 gives: same samples, different order.
+- unknown keyword arguments are accepted and ignored, as MXNet's parameter parser does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from typing import Any
+
+import mxnet as mx
+import numpy as np
+from numpy.typing import NDArray
+
+from ..iterator import DEFAULT_TIMEOUT_S, Batch, BatchIterator, idx_iter
+
+log = logging.getLogger("prefetchd_client")
+
+
+def log_like_mxnet(message: str) -> None:
+    """MXNet prints its iterator's load line to stderr whatever logging says; do the same."""
+    if logging.getLogger().hasHandlers() or log.hasHandlers():
+        log.info(message)
+    else:
+        print(f"[{time.strftime('%H:%M:%S')}] prefetchd: {message}", file=sys.stderr)
+
+
+class StreamDataIter(mx.io.DataIter):  # type: ignore[misc]
+    """An `mx.io.DataIter` over one prefetchd stream: NDArray batches copied out of the ring."""
+
+    def __init__(self, stream: BatchIterator, *, data_name: str, label_name: str) -> None:
+        super().__init__(stream.batch_size)
+        self._stream = stream
+        self._current: Batch | None = None
+        self.provide_data = [mx.io.DataDesc(data_name, stream.data_shape, stream.data_dtype.type)]
+        self.provide_label = [mx.io.DataDesc(label_name, stream.label_shape, stream.label_dtype.type)]
+
+    @property
+    def stream(self) -> BatchIterator:
+        return self._stream
+
+    def reset(self) -> None:
+        self._current = None
+        self._stream.reset()
+
+    def iter_next(self) -> bool:
+        try:
+            self._current = next(self._stream)
+        except StopIteration:
+            self._current = None
+            return False
+        return True
+
+    def next(self) -> mx.io.DataBatch:
+        if not self.iter_next():
+            raise StopIteration
+        return mx.io.DataBatch(
+            data=self.getdata(),
+            label=self.getlabel(),
+            pad=self.getpad(),
+            index=self.getindex(),
+            provide_data=self.provide_data,
+            provide_label=self.provide_label,
+        )
+
+    def _batch(self) -> Batch:
+        if self._current is None:
+            raise RuntimeError("no current batch: call iter_next() first")
+        return self._current
+
+    def getdata(self) -> list[mx.nd.NDArray]:
+        data = self._batch().data
+        return [mx.nd.array(data, dtype=data.dtype)]
+
+    def getlabel(self) -> list[mx.nd.NDArray]:
+        label = self._batch().label
+        return [mx.nd.array(label, dtype=label.dtype)]
+
+    def getpad(self) -> int:
+        return self._batch().pad
+
+    def getindex(self) -> NDArray[np.uint64]:
+        return self._batch().index.copy()
+
+    def close(self) -> None:
+        self._current = None
+        self._stream.close()
+
+    def __del__(self) -> None:
+        stream = getattr(self, "_stream", None)
+        if stream is not None:
+            stream.close()
+
+
+class MNISTIter(StreamDataIter):
+    """`mx.io.MNISTIter` with the same arguments and batches, reading `s3://` (or local) IDX files."""
+
+    def __init__(
+        self,
+        image: str = "./train-images-idx3-ubyte",
+        label: str = "./train-labels-idx1-ubyte",
+        batch_size: int = 128,
+        shuffle: bool = True,
+        flat: bool = False,
+        seed: int = 0,
+        silent: bool = False,
+        num_parts: int = 1,
+        part_index: int = 0,
+        prefetch_buffer: int = 4,
+        dtype: str | None = None,
+        data_name: str = "data",
+        label_name: str = "softmax_label",
+        data_shape: tuple[int, ...] | None = None,
+        *,
+        reshuffle_every_epoch: bool = False,
+        socket_path: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        **ignored: Any,
+    ) -> None:
+        if ignored:
+            log.debug("MNISTIter: ignoring arguments MXNet would ignore too: %s", sorted(ignored))
+        stream = idx_iter(
+            image,
+            label,
+            batch_size=int(batch_size),
+            shuffle=bool(shuffle),
+            seed=int(seed),
+            reshuffle=reshuffle_every_epoch,
+            flat=bool(flat),
+            num_parts=int(num_parts),
+            part_index=int(part_index),
+            last_batch="discard",
+            dtype=dtype or "float32",
+            prefetch=int(prefetch_buffer),
+            socket_path=socket_path,
+            timeout_s=timeout_s,
+        )
+        super().__init__(stream, data_name=data_name, label_name=label_name)
+        if data_shape is not None and math.prod(data_shape) != math.prod(stream.data_shape[1:]):
+            log.warning(
+                "MNISTIter: data_shape=%s does not match the images' %s; MXNet ignores data_shape, so does this",
+                tuple(data_shape),
+                stream.data_shape[1:],
+            )
+        if not silent:
+            shape = stream.data_shape
+            shown = f"({shape[0]},{shape[1]})" if flat else "[" + ",".join(map(str, shape)) + "]"
+            log_like_mxnet(
+                f"MNISTIter: load {stream.samples_per_epoch} images, shuffle={int(bool(shuffle))}, shape={shown}"
+            )

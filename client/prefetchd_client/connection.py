@@ -1,0 +1,142 @@
+"""A blocking connection to the daemon: a thin loop around `protocol.FrameReader` on a Unix socket.
+
+Every wait has a deadline, and a peer that goes away is an exception at once (EOF), never a hang. File
+descriptors the daemon passes (the ring's memfd) are collected as they arrive and taken with `take_fd()`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import deque
+from pathlib import Path
+
+from . import layout
+from ._version import __version__
+from .errors import (
+    BatchTimeout,
+    DaemonUnavailable,
+    RemoteProtocolError,
+    error_from_wire,
+)
+from .protocol import (
+    PEER_CLOSED,
+    PROTOCOL_VERSION,
+    Error,
+    FrameReader,
+    Hello,
+    Message,
+    Sentinel,
+    Welcome,
+    encode,
+)
+
+_RECV_BYTES = 64 * 1024
+_MAX_FDS = 4
+
+
+class Connection:
+    """One socket to the daemon, after a successful handshake."""
+
+    def __init__(self, sock: socket.socket, path: Path, welcome: Welcome) -> None:
+        self._sock = sock
+        self.path = path
+        self.welcome = welcome
+        self._reader = FrameReader()
+        self._fds: deque[int] = deque()
+        self._closed = False
+
+    @classmethod
+    def connect(cls, path: Path, *, timeout_s: float) -> Connection:
+        """Connect and shake hands; `DaemonUnavailable` if nobody listens at `path`."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout_s)
+            sock.connect(os.fspath(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            sock.close()
+            raise DaemonUnavailable(
+                f"no prefetchd daemon is listening at {path} ({exc.strerror}); "
+                "start one with `prefetchd serve`, or let the client start one (PREFETCHD_AUTOSTART=1)"
+            ) from exc
+        except OSError as exc:
+            sock.close()
+            raise DaemonUnavailable(f"cannot connect to the prefetchd daemon at {path}: {exc}") from exc
+        conn = cls(sock, path, Welcome(0, 0, "", 0))
+        try:
+            conn.welcome = conn._handshake(timeout_s)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _handshake(self, timeout_s: float) -> Welcome:
+        self.send(Hello(PROTOCOL_VERSION, layout.FORMAT_VERSION, f"prefetchd-client/{__version__}", os.getpid()))
+        reply = self.receive(timeout_s=timeout_s, waiting_for="the daemon's handshake")
+        if not isinstance(reply, Welcome):
+            raise RemoteProtocolError(f"daemon answered the handshake with {reply.TYPE}")
+        return reply
+
+    def send(self, message: Message) -> None:
+        if self._closed:
+            raise DaemonUnavailable(f"connection to {self.path} is closed")
+        try:
+            self._sock.sendall(encode(message))
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise DaemonUnavailable(f"the prefetchd daemon at {self.path} went away ({exc.strerror})") from exc
+        except TimeoutError as exc:
+            raise DaemonUnavailable(f"the prefetchd daemon at {self.path} stopped reading") from exc
+
+    def receive(self, *, timeout_s: float | None, waiting_for: str = "a message") -> Message:
+        """The next message. `Error` frames are raised as the error class they name."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            message = self._reader.next_message()
+            if message is PEER_CLOSED:
+                raise DaemonUnavailable(f"the prefetchd daemon at {self.path} closed the connection")
+            if not isinstance(message, Sentinel):
+                if isinstance(message, Error):
+                    raise error_from_wire(
+                        {
+                            "code": message.code,
+                            "message": message.message,
+                            "url": message.url,
+                            "offset": message.offset,
+                        }
+                    )
+                return message
+            self._fill(deadline, waiting_for)
+
+    def _fill(self, deadline: float | None, waiting_for: str) -> None:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise BatchTimeout(f"no answer from the prefetchd daemon at {self.path} while waiting for {waiting_for}")
+        self._sock.settimeout(remaining)
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self._sock, _RECV_BYTES, _MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+        except TimeoutError:
+            raise BatchTimeout(
+                f"no answer from the prefetchd daemon at {self.path} within {remaining:.1f} s "
+                f"while waiting for {waiting_for}"
+            ) from None
+        except ConnectionResetError as exc:
+            raise DaemonUnavailable(f"the prefetchd daemon at {self.path} reset the connection") from exc
+        self._fds.extend(fds)
+        self._reader.feed(data)
+
+    def take_fd(self) -> int:
+        if not self._fds:
+            raise RemoteProtocolError("the daemon's Opened frame came without the ring's file descriptor")
+        return self._fds.popleft()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        while self._fds:
+            os.close(self._fds.popleft())
+        self._sock.close()
+
+    def fileno(self) -> int:
+        return self._sock.fileno()

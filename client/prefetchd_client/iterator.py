@@ -1,0 +1,279 @@
+"""The numpy iterator: decoded batches as read-only views of the ring, valid until the next `next()`.
+
+One `BatchIterator` is one stream: one socket, one ring. A `for` loop over it runs one epoch; the next
+`for` loop runs the next epoch (the daemon has been filling it already). `reset()` mid-epoch drops what
+is in flight and starts the next epoch, as MXNet's `DataIter.reset()` does.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .autostart import connect
+from .errors import PrefetchdError, RemoteProtocolError, StreamClosed
+from .protocol import Batch as BatchFrame
+from .protocol import Close, EndOfEpoch, Open, Opened, Release, Seek
+from .ring import RingReader
+
+DEFAULT_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One batch. Unpacks as `data, label`; the arrays are views into shared memory until the next `next()`."""
+
+    data: NDArray[Any]
+    label: NDArray[Any]
+    index: NDArray[Any]  # each sample's record number in the dataset
+    pad: int  # trailing samples that repeat earlier ones to fill the batch (MXNet's getpad())
+    epoch: int
+    seq: int  # batch number within the epoch
+
+    def __iter__(self) -> Iterator[NDArray[Any]]:
+        return iter((self.data, self.label))
+
+
+@dataclass(frozen=True, slots=True)
+class IteratorStatistics:
+    batches: int
+    epochs_finished: int
+    wait_s: float  # time `next()` spent blocked on the daemon: the trainer's stall
+    stale_batches_dropped: int
+
+
+class BatchIterator:
+    """Iterate the batches of one stream, epoch after epoch."""
+
+    def __init__(
+        self,
+        request: Open,
+        *,
+        socket_path: str | os.PathLike[str] | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        autostart: bool | None = None,
+    ) -> None:
+        self.request = request
+        self.timeout_s = timeout_s
+        self._conn = connect(socket_path, timeout_s=min(timeout_s, 30.0), autostart=autostart)
+        self._ring: RingReader | None = None
+        try:
+            self._conn.send(request)
+            opened = self._conn.receive(timeout_s=timeout_s, waiting_for="the stream to open")
+            if not isinstance(opened, Opened):
+                raise RemoteProtocolError(f"daemon answered Open with {opened.TYPE}")
+            fd = self._conn.take_fd()
+            try:
+                self._ring = RingReader(fd, opened.segment_bytes)
+            finally:
+                os.close(fd)
+        except BaseException:
+            self._conn.close()
+            raise
+        self.opened = opened
+        geometry = self._ring.geometry
+        self.data_shape = geometry.array("data").shape
+        self.label_shape = geometry.array("label").shape
+        self.data_dtype = np.dtype(geometry.array("data").dtype)
+        self.label_dtype = np.dtype(geometry.array("label").dtype)
+        self.batch_size = request.batch_size
+        self._epoch = request.epoch
+        self._next_seq = request.batch
+        self._epoch_done = False
+        self._held: int | None = None
+        self._held_fill = 0
+        self._broken: PrefetchdError | None = None
+        self._closed = False
+        self._stats = {"batches": 0, "epochs": 0, "stale": 0}
+        self._wait_s = 0.0
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.opened.batches_per_epoch
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return self.opened.samples_per_epoch
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """(epoch, next batch): where the next `next()` reads from."""
+        return self._epoch, self._next_seq
+
+    def __iter__(self) -> BatchIterator:
+        if self._epoch_done:
+            self.reset()
+        return self
+
+    def __next__(self) -> Batch:
+        self._check_usable()
+        self._release_held()
+        if self._epoch_done:
+            raise StopIteration
+        started = time.perf_counter()
+        try:
+            return self._receive_batch()
+        finally:
+            self._wait_s += time.perf_counter() - started
+
+    def _receive_batch(self) -> Batch:
+        assert self._ring is not None
+        while True:
+            try:
+                message = self._conn.receive(timeout_s=self.timeout_s, waiting_for="the next batch")
+            except PrefetchdError as exc:
+                self._broken = exc
+                raise
+            if isinstance(message, BatchFrame):
+                header = self._ring.deliver(message.slot, message.fill)
+                if (message.epoch, message.seq) != (self._epoch, self._next_seq):
+                    if (message.epoch, message.seq) > (self._epoch, self._next_seq):
+                        raise RemoteProtocolError(
+                            f"daemon sent batch {message.seq} of epoch {message.epoch}, "
+                            f"expected batch {self._next_seq} of epoch {self._epoch}"
+                        )
+                    self._ring.release(message.slot)  # left over from before a seek
+                    self._conn.send(Release(message.slot, message.fill))
+                    self._stats["stale"] += 1
+                    continue
+                views = self._ring.take(message.slot)
+                self._held = message.slot
+                self._held_fill = message.fill
+                self._next_seq += 1
+                self._stats["batches"] += 1
+                size = header.valid + header.pad  # "keep" mode's last batch is short
+                return Batch(
+                    views["data"][:size],
+                    views["label"][:size],
+                    views["index"][:size],
+                    header.pad,
+                    message.epoch,
+                    message.seq,
+                )
+            if isinstance(message, EndOfEpoch):
+                if message.epoch < self._epoch:
+                    continue
+                if message.epoch > self._epoch or message.batches != self._next_seq:
+                    raise RemoteProtocolError(
+                        f"daemon ended epoch {message.epoch} after {message.batches} batches; "
+                        f"this client is at batch {self._next_seq} of epoch {self._epoch}"
+                    )
+                self._epoch_done = True
+                self._stats["epochs"] += 1
+                raise StopIteration
+            raise RemoteProtocolError(f"unexpected {message.TYPE} frame in the middle of a stream")
+
+    def _release_held(self) -> None:
+        if self._held is None:
+            return
+        assert self._ring is not None
+        slot, self._held = self._held, None
+        self._ring.release(slot)
+        self._conn.send(Release(slot, self._held_fill))
+
+    def reset(self) -> None:
+        """Start the next epoch. A no-op before the first batch of an epoch, as in MXNet."""
+        self._check_usable()
+        if self._next_seq == 0 and not self._epoch_done:
+            return
+        self._release_held()
+        if not self._epoch_done:
+            self._conn.send(Seek(self._epoch + 1, 0))
+        self._epoch += 1
+        self._next_seq = 0
+        self._epoch_done = False
+
+    def seek(self, epoch: int, batch: int = 0) -> None:
+        """Continue from batch `batch` of `epoch` (deterministic: the same batch an uninterrupted run gets)."""
+        self._check_usable()
+        self._release_held()
+        self._conn.send(Seek(epoch, batch))
+        self._epoch, self._next_seq, self._epoch_done = epoch, batch, False
+
+    def statistics(self) -> IteratorStatistics:
+        return IteratorStatistics(self._stats["batches"], self._stats["epochs"], self._wait_s, self._stats["stale"])
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise StreamClosed("this iterator was closed; open a new one")
+        if self._broken is not None:
+            raise self._broken
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._conn.send(Close())
+        except PrefetchdError:
+            pass  # the daemon is gone already; nothing to tell it
+        self._conn.close()
+        if self._ring is not None:
+            self._ring.close()
+
+    def __enter__(self) -> BatchIterator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<BatchIterator {self.request.format} epoch={self._epoch} batch={self._next_seq}/"
+            f"{self.batches_per_epoch} batch_size={self.batch_size} {self._ring!r}>"
+        )
+
+
+def idx_iter(
+    image: str,
+    label: str,
+    *,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    reshuffle: bool = True,
+    flat: bool = False,
+    num_parts: int = 1,
+    part_index: int = 0,
+    last_batch: str = "discard",
+    dtype: str = "float32",
+    prefetch: int = 4,
+    epoch: int = 0,
+    socket_path: str | os.PathLike[str] | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    autostart: bool | None = None,
+) -> BatchIterator:
+    """Batches of an IDX (MNIST-format) image file and its label file, scaled as `mx.io.MNISTIter` scales them.
+
+    `last_batch`: "discard" drops a final partial batch (MXNet's MNISTIter), "pad" fills it with samples
+    from the start of the partition and reports how many in `Batch.pad`, "keep" yields it short.
+    """
+    request = Open(
+        format="idx",
+        sources={"image": image, "label": label},
+        batch_size=batch_size,
+        shuffle=shuffle,
+        reshuffle=reshuffle,
+        seed=seed,
+        num_parts=num_parts,
+        part_index=part_index,
+        epoch=epoch,
+        last_batch=last_batch,
+        prefetch=prefetch,
+        decode={"flat": flat, "dtype": dtype},
+    )
+    return BatchIterator(request, socket_path=socket_path, timeout_s=timeout_s, autostart=autostart)

@@ -1,0 +1,5 @@
+"""`python -m prefetchd` is the `prefetchd` command."""
+
+from .cli import main
+
+main()

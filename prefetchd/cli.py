@@ -1,0 +1,145 @@
+"""The `prefetchd` command. Builds the Config, configures logging, maps errors to exit codes.
+
+Exit codes: 0 done, 1 a runtime failure (the message says what), 2 bad arguments or configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import Config, ConfigError, load_config
+
+log = logging.getLogger("prefetchd")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="prefetchd")
+def main() -> None:
+    """prefetchd: fetch S3 byte ranges concurrently, decode them, and hand ready batches to trainers
+    through shared memory."""
+
+
+@main.command()
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path),
+    help="Control socket path [default: $PREFETCHD_SOCKET, else a per-user runtime directory]",
+)
+@click.option(
+    "--endpoint-url",
+    help="S3-compatible endpoint, e.g. http://minio:9000 [env: S3_ENDPOINT, AWS_ENDPOINT_URL_S3]",
+)
+@click.option("--region", help="AWS region [env: S3_REGION, AWS_REGION]")
+@click.option(
+    "--addressing-style",
+    type=click.Choice(["auto", "path", "virtual"]),
+    help="S3 addressing [default: path with a custom endpoint, else auto]",
+)
+@click.option(
+    "--concurrency",
+    "max_concurrency",
+    type=click.IntRange(min=1),
+    help="Ranged GETs in flight per stream [default: 32]",
+)
+@click.option("--chunk-size", "chunk_bytes", help="Largest byte range per GET, e.g. 8MiB [default: 8MiB]")
+@click.option(
+    "--budget",
+    "stream_budget_bytes",
+    help="Fetched-but-unconsumed bytes per stream, e.g. 512MiB [default: 512MiB]",
+)
+@click.option("--ring-size", "ring_bytes", help="Target shared memory per stream [default: 64MiB]")
+@click.option("--decode-threads", type=click.IntRange(min=1), help="Threads for large decodes [default: 2]")
+@click.option(
+    "--exit-when-idle",
+    "exit_when_idle_s",
+    type=click.FloatRange(min=0),
+    help="Exit after this many seconds without clients [default: never]",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="TOML file with these settings (flags > PREFETCHD_* env > file > defaults)",
+)
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--ready-fd", type=int, hidden=True, help="Write 'ready' to this fd once listening")
+@click.option("--detach", is_flag=True, hidden=True, help="Fork into the background first (autostart)")
+def serve(config_file: Path | None, ready_fd: int | None, detach: bool, **flags: Any) -> None:
+    """Run the daemon in the foreground until SIGTERM or Ctrl-C."""
+    try:
+        config = load_config(flags, os.environ, config_file)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if detach:
+        _detach()
+    logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    sys.exit(_run_daemon(config, ready_fd))
+
+
+def _detach() -> None:
+    """Fork; the parent returns to its caller at once, the child leads a new session."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+
+
+def _run_daemon(config: Config, ready_fd: int | None) -> int:
+    import uvloop
+
+    from .daemon import Daemon, capture_signals
+    from .serve.listener import DaemonBusy
+
+    pending = [ready_fd] if ready_fd is not None else []
+
+    def tell(word: str) -> None:
+        """Tell whoever started us (autostart) how start-up went, once."""
+        while pending:
+            fd = pending.pop()
+            try:
+                os.write(fd, f"{word} pid={os.getpid()} socket={config.socket_path}\n".encode())
+            finally:
+                os.close(fd)
+
+    async def run() -> None:
+        daemon = Daemon(config, on_ready=lambda: tell("ready"))
+        with capture_signals(daemon):
+            await daemon.serve()
+
+    try:
+        uvloop.run(run())
+    except DaemonBusy as exc:
+        log.error("%s", exc)
+        tell("busy")
+        return 1
+    except Exception as exc:  # start-up failures: a clear line, not a traceback
+        from prefetchd_client.errors import PrefetchdError
+
+        if not isinstance(exc, PrefetchdError):
+            raise
+        log.error("%s", exc)
+        tell("failed")
+        return 1
+    return 0
+
+
+@main.command()
+def demo() -> None:
+    """Embedded S3 + Fashion-MNIST + daemon + one epoch of MXNet training from s3:// (needs mxnet, moto)."""
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    from .testing.demo import run_demo
+
+    run_demo(lambda line: click.echo(line))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""The daemon's configuration: one frozen `Config`, built once by `load_config` and passed down.
+
+Precedence: command-line flags > `PREFETCHD_*` environment > TOML file (`--config`) > defaults. This is
+the only module that reads the environment. S3 settings also honour the variables MXNet's USE_S3 builds
+read, ranked as dmlc-core's src/io/s3_filesys.cc ranks them: an `S3_*` name before its `AWS_*` twin.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from prefetchd_client.errors import PrefetchdError
+from prefetchd_client.settings import default_socket_path
+
+MiB = 1 << 20
+
+
+class ConfigError(PrefetchdError):
+    """A setting is missing, malformed or out of range; the message names it. The CLI exits with 2."""
+
+    code = "config_error"
+
+
+@dataclass(frozen=True, slots=True)
+class S3Settings:
+    """How to reach S3 or an S3-compatible store. Secrets never appear in repr or logs."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    addressing_style: str = "auto"  # "path" for MinIO/Ceph/moto, "virtual" or "auto" for AWS
+    verify_ssl: bool = True
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    profile: str | None = None
+    # which variables supplied the values above, for the start-up log line (names only, never values)
+    env_names_used: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    socket_path: Path
+    s3: S3Settings = field(default_factory=S3Settings)
+    max_concurrency: int = 32  # ranged GETs in flight per stream
+    chunk_bytes: int = 8 * MiB  # the largest range one GET asks for
+    min_chunk_bytes: int = 1 * MiB  # small objects are cut no finer than this
+    stream_budget_bytes: int = 512 * MiB  # fetched-but-unconsumed bytes per stream
+    ring_bytes: int = 64 * MiB  # target size of one stream's ring
+    max_slots: int = 64
+    decode_threads: int = 2
+    exit_when_idle_s: float | None = None
+    log_level: str = "INFO"
+    allowed_uids: tuple[int, ...] = ()  # besides the daemon's own uid
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    "T": 1000**4,
+    "KI": 1 << 10,
+    "MI": 1 << 20,
+    "GI": 1 << 30,
+    "TI": 1 << 40,
+}
+
+
+def parse_bytes(value: str | int) -> int:
+    """`8MiB`, `512M`, `1GiB` or a plain number of bytes."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(value)
+    if not match:
+        raise ConfigError(f"{value!r} is not a size; write e.g. 8MiB, 512MB or 1048576")
+    unit = (match.group(2) or "").upper().removesuffix("B")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+_TUNABLES: dict[str, Any] = {
+    "max_concurrency": int,
+    "chunk_bytes": parse_bytes,
+    "min_chunk_bytes": parse_bytes,
+    "stream_budget_bytes": parse_bytes,
+    "ring_bytes": parse_bytes,
+    "max_slots": int,
+    "decode_threads": int,
+    "exit_when_idle_s": float,
+    "log_level": str,
+}
+_S3_KEYS = ("endpoint_url", "region", "addressing_style", "verify_ssl", "profile")
+
+
+def _first(env: Mapping[str, str], names: tuple[str, ...], used: list[str]) -> str | None:
+    """The first non-empty variable among `names`, remembering which one it was."""
+    for name in names:
+        value = env.get(name)
+        if value:
+            used.append(name)
+            return value
+    return None
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def s3_settings_from(env: Mapping[str, str], overrides: Mapping[str, Any]) -> S3Settings:
+    """S3 settings from flags/file (`overrides`) and the environment, MXNet's `S3_*` names first."""
+    used: list[str] = []
+    access_key = _first(env, ("S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"), used)
+    secret_key = _first(env, ("S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"), used)
+    token = _first(env, ("S3_SESSION_TOKEN", "AWS_SESSION_TOKEN"), used)
+    if bool(access_key) != bool(secret_key):
+        raise ConfigError("set both an access key id and a secret access key (S3_* or AWS_* names), or neither")
+    region = overrides.get("region") or _first(env, ("S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"), used)
+    endpoint = overrides.get("endpoint_url")
+    dmlc_endpoint = False
+    if not endpoint:
+        endpoint = _first(env, ("S3_ENDPOINT",), used)
+        dmlc_endpoint = endpoint is not None
+        endpoint = endpoint or _first(env, ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), used)
+    verify_ssl = overrides.get("verify_ssl")
+    if verify_ssl is None:
+        raw = _first(env, ("S3_VERIFY_SSL",), used)
+        verify_ssl = True if raw is None else raw.strip() == "1"  # dmlc: unset or "1" verifies
+    if endpoint and "://" not in endpoint:
+        endpoint = f"https://{endpoint}"  # dmlc-core's S3_ENDPOINT is a host name; it always speaks https
+    style = overrides.get("addressing_style")
+    if not style:
+        is_aws = _first(env, ("S3_IS_AWS",), used)
+        if is_aws is not None:
+            style = "virtual" if is_aws.strip() == "1" else "path"
+        else:
+            # S3-compatible stores (MinIO, Ceph, moto) answer path-style requests; AWS answers both
+            style = "path" if endpoint or dmlc_endpoint else "auto"
+    profile = overrides.get("profile") or _first(env, ("AWS_PROFILE",), used)
+    return S3Settings(
+        endpoint_url=endpoint,
+        region=region,
+        addressing_style=style,
+        verify_ssl=bool(verify_ssl),
+        access_key_id=access_key,
+        secret_access_key=secret_key,
+        session_token=token,
+        profile=profile,
+        env_names_used=tuple(used),
+    )
+
+
+def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None, file: Path | None = None) -> Config:
+    """Build the Config: `flags` holds only the options given on the command line (None = not given)."""
+    env = os.environ if env is None else env
+    given = {k: v for k, v in flags.items() if v is not None}
+    from_file = _read_file(file or (Path(env["PREFETCHD_CONFIG"]) if env.get("PREFETCHD_CONFIG") else None))
+    from_env = {
+        name: env[f"PREFETCHD_{name.upper()}"]
+        for name in (*_TUNABLES, *_S3_KEYS)
+        if env.get(f"PREFETCHD_{name.upper()}")
+    }
+    merged: dict[str, Any] = {**from_file, **from_env, **given}
+    values: dict[str, Any] = {}
+    for name, convert in _TUNABLES.items():
+        if name in merged:
+            try:
+                values[name] = convert(merged[name])
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{name}: {merged[name]!r} is not valid ({exc})") from exc
+    s3_overrides = {k: merged[k] for k in _S3_KEYS if k in merged}
+    if isinstance(s3_overrides.get("verify_ssl"), str):
+        s3_overrides["verify_ssl"] = _truthy(s3_overrides["verify_ssl"])
+    socket = merged.get("socket_path") or default_socket_path(env, os.getuid())
+    uids = tuple(int(u) for u in merged.get("allowed_uids", ()) or ())
+    config = Config(socket_path=Path(socket), s3=s3_settings_from(env, s3_overrides), allowed_uids=uids, **values)
+    validate(config)
+    return config
+
+
+def _read_file(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    table = data.get("prefetchd", data)
+    known = {f.name for f in fields(Config)} | set(_S3_KEYS)
+    unknown = sorted(set(table) - known - {"s3"})
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown settings {unknown}")
+    flat = {k: v for k, v in table.items() if k != "s3"}
+    flat.update(table.get("s3", {}))
+    return flat
+
+
+def validate(config: Config) -> None:
+    checks = [
+        (config.max_concurrency >= 1, "max_concurrency must be at least 1"),
+        (config.min_chunk_bytes >= 4096, "min_chunk_bytes must be at least 4KiB"),
+        (config.chunk_bytes >= config.min_chunk_bytes, "chunk_bytes must be at least min_chunk_bytes"),
+        (config.stream_budget_bytes >= 2 * config.chunk_bytes, "stream_budget_bytes must hold two chunks"),
+        (config.max_slots >= 2, "max_slots must be at least 2"),
+        (config.decode_threads >= 1, "decode_threads must be at least 1"),
+        (
+            config.s3.addressing_style in ("auto", "path", "virtual"),
+            "addressing_style is auto, path or virtual",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

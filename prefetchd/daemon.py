@@ -1,0 +1,93 @@
+"""The daemon's lifecycle: resources in one AsyncExitStack, tasks in one TaskGroup, readiness as an event.
+
+start-up:  lock + socket, sources (S3 client), decode threads  →  ready (wait_ready(), --ready-fd)
+serving:   the control server's accept loop and its connections
+shutdown:  shutdown() (SIGTERM/SIGINT, or idle for exit_when_idle_s) stops accepting and closes streams;
+           the socket is removed and every ring is freed with its stream
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
+
+from .config import Config
+from .fetch.router import SourceRouter
+from .serve.control import ControlServer
+from .serve.listener import Listener
+
+log = logging.getLogger("prefetchd.daemon")
+
+
+class Daemon:
+    def __init__(self, config: Config, *, on_ready: Callable[[], None] = lambda: None) -> None:
+        self.config = config
+        self.server: ControlServer | None = None
+        self._on_ready = on_ready
+        self._ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    async def wait_ready(self) -> None:
+        """Returns once the control socket accepts connections."""
+        await self._ready.wait()
+
+    def shutdown(self) -> None:
+        """Stop serving: close every stream, remove the socket, return from `serve()`."""
+        self._stop.set()
+
+    async def serve(self) -> None:
+        async with AsyncExitStack() as stack:
+            listener = stack.enter_context(Listener(self.config.socket_path))
+            router = await stack.enter_async_context(SourceRouter(self.config))
+            executor = stack.enter_context(
+                ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="prefetchd-decode")
+            )
+            self.server = ControlServer(self.config, router, executor)
+            self.server.on_idle = self._arm_idle_timer
+            self.server.on_busy = self._disarm_idle_timer
+            assert listener.sock is not None
+            async with asyncio.TaskGroup() as group:
+                serving = group.create_task(self.server.serve(listener.sock))
+                self._arm_idle_timer()
+                self._ready.set()
+                log.info("prefetchd listening at %s", self.config.socket_path)
+                self._on_ready()
+                await self._stop.wait()
+                log.info("prefetchd shutting down")
+                serving.cancel()
+            self._disarm_idle_timer()
+
+    def _arm_idle_timer(self) -> None:
+        if self.config.exit_when_idle_s is None:
+            return
+        self._disarm_idle_timer()
+        loop = asyncio.get_running_loop()
+        self._idle_timer = loop.call_later(self.config.exit_when_idle_s, self._idle_exit)
+
+    def _disarm_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _idle_exit(self) -> None:
+        log.info("no clients for %.0f s; exiting", self.config.exit_when_idle_s or 0)
+        self.shutdown()
+
+
+@contextlib.contextmanager
+def capture_signals(daemon: Daemon) -> Iterator[None]:
+    """SIGTERM/SIGINT shut the daemon down gracefully; the previous handlers come back afterwards."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.shutdown)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

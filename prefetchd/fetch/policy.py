@@ -1,0 +1,47 @@
+"""Pure fetch decisions: how to cut an object into ranges, and how long to wait before a retry.
+
+No clock and no global RNG: callers pass the random source, so every figure here is tested exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+def choose_chunk_bytes(
+    object_bytes: int, *, concurrency: int, max_chunk_bytes: int, min_chunk_bytes: int, granule: int = 1
+) -> int:
+    """The range size for an object: small enough that `concurrency` GETs share it, within [min, max].
+
+    A 55 MB object cut into 8 MiB ranges is only 7 requests, too few to hide S3's first-byte latency;
+    cut into `concurrency` pieces it keeps every connection busy. `granule` (a record size) keeps
+    ranges on record boundaries.
+    """
+    even_share = -(-object_bytes // max(1, concurrency))
+    size = min(max_chunk_bytes, max(min_chunk_bytes, even_share))
+    return max(granule, size - size % granule)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, as the AWS CRT does: sleep U(0, min(cap, base × 2ⁿ)).
+
+    `max_attempts` counts the first try; a read that resumes mid-body after a broken connection counts
+    as one attempt.
+    """
+
+    max_attempts: int = 5
+    base_s: float = 0.5
+    cap_s: float = 20.0
+
+    def backoff_s(self, attempt: int, rng: random.Random) -> float:
+        """Delay before retry number `attempt` (1 = the first retry)."""
+        if attempt < 1:
+            raise ValueError("attempt numbers start at 1")
+        ceiling = min(self.cap_s, self.base_s * (2 ** (attempt - 1)))
+        return rng.uniform(0.0, ceiling)
+
+    def should_retry(self, attempt: int) -> bool:
+        """Whether a failure on try number `attempt` (1-based) may be retried."""
+        return attempt < self.max_attempts

@@ -1,0 +1,41 @@
+"""One place that owns the sources and picks one per URL scheme."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+from ..config import Config
+from .local import LocalSource
+from .s3 import S3Source
+from .source import ObjectInfo, Source, scheme_of
+
+
+class SourceRouter:
+    """`s3://` goes to S3, `file://` and plain paths to the local filesystem."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._stack = AsyncExitStack()
+        self.local = LocalSource()
+        self.s3: S3Source | None = None
+
+    async def __aenter__(self) -> SourceRouter:
+        self.s3 = await self._stack.enter_async_context(
+            S3Source(self._config.s3, max_connections=self._config.max_concurrency)
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    def source_for(self, url: str) -> Source:
+        if scheme_of(url) == "s3":
+            assert self.s3 is not None, "SourceRouter used outside its context"
+            return self.s3
+        return self.local
+
+    async def stat(self, url: str) -> ObjectInfo:
+        return await self.source_for(url).stat(url)
+
+    async def read_range(self, info: ObjectInfo, start: int, out: memoryview) -> None:
+        await self.source_for(info.url).read_range(info, start, out)

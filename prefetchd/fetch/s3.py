@@ -1,0 +1,251 @@
+"""S3 (and S3-compatible stores) as a source: one aiobotocore client, HEAD to pin, ranged GETs to read.
+
+The only module that sees botocore's and aiohttp's exception types; `_translate` turns them into ours,
+raised `from` the original so the cause is kept. Every ranged GET carries `If-Match` with the ETag pinned
+at open, so an object overwritten mid-epoch is `ObjectChanged`, never a mix of two versions. botocore
+retries a request that fails before its body; a body that breaks mid-read is resumed here from the
+last byte received, under `RetryPolicy`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from contextlib import AsyncExitStack
+from typing import Any
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    IncompleteReadError,
+    NoCredentialsError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+from prefetchd_client.errors import (
+    AccessDenied,
+    ObjectChanged,
+    ObjectNotFound,
+    PrefetchdError,
+    SourceError,
+    SourceUnavailable,
+)
+
+from ..config import S3Settings
+from .policy import RetryPolicy
+from .source import ObjectInfo, parse_s3_url
+
+log = logging.getLogger("prefetchd.fetch.s3")
+
+DEFAULT_REGION = "us-east-1"  # what dmlc-core's S3 filesystem falls back to, with the same warning
+_BODY_ERRORS = (
+    ResponseStreamingError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    aiohttp.ClientError,
+    asyncio.TimeoutError,
+    ConnectionError,
+)
+_NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
+_DENIED = {
+    "403",
+    "AccessDenied",
+    "Forbidden",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AllAccessDisabled",
+}
+_CHANGED = {"412", "PreconditionFailed", "416", "InvalidRange"}
+
+
+def _translate(exc: Exception, url: str, offset: int | None = None) -> PrefetchdError:
+    """Our error for a botocore/aiohttp failure on `url`, with what the user can do about it."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        detail = f"HTTP {status}" + (f" {code}" if code and code != str(status) else "")
+        if code in _NOT_FOUND or status == 404:
+            what = "bucket" if code == "NoSuchBucket" else "key"
+            return ObjectNotFound(f"ObjectNotFound: {url} ({detail}) — check the {what} and region", url=url)
+        if code in _DENIED or status == 403:
+            return AccessDenied(
+                f"AccessDenied: {url} ({detail}) — the daemon's credentials may not read it; "
+                "check the bucket policy and the credentials the daemon logged at start-up",
+                url=url,
+            )
+        if code in _CHANGED or status in (412, 416):
+            return ObjectChanged(
+                f"ObjectChanged: {url} was overwritten after the stream opened it ({detail}); "
+                "the epoch would mix two versions, so it stops here — reopen the stream",
+                url=url,
+                offset=offset,
+            )
+        return SourceUnavailable(f"{url}: the store answered {detail}: {error.get('Message', '')}", url=url)
+    if isinstance(exc, NoCredentialsError):
+        return AccessDenied(
+            f"{url}: the daemon found no AWS credentials (set S3_ACCESS_KEY_ID/S3_SECRET_ACCESS_KEY or "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or an instance role)",
+            url=url,
+        )
+    if isinstance(exc, EndpointConnectionError):
+        return SourceUnavailable(f"{url}: cannot reach the S3 endpoint ({exc})", url=url)
+    return SourceUnavailable(f"{url}: {type(exc).__name__}: {exc}", url=url, offset=offset)
+
+
+class S3Source:
+    """Reads `s3://` URLs through one aiobotocore client with a bounded connection pool."""
+
+    def __init__(
+        self,
+        settings: S3Settings,
+        *,
+        max_connections: int,
+        retry: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.max_connections = max_connections
+        self.retry = retry or RetryPolicy()
+        self._rng = rng or random.Random()
+        self._stack = AsyncExitStack()
+        self._client: Any = None
+        self.region: str | None = None
+
+    async def __aenter__(self) -> S3Source:
+        session = get_session()
+        if self.settings.profile:
+            session.set_config_variable("profile", self.settings.profile)
+        self.region = self.settings.region or session.get_config_variable("region")
+        if not self.region:
+            log.warning("no AWS region set (S3_REGION, AWS_REGION or a profile); using %s", DEFAULT_REGION)
+            self.region = DEFAULT_REGION
+        config = AioConfig(
+            max_pool_connections=self.max_connections,
+            retries={"mode": "standard", "max_attempts": self.retry.max_attempts},
+            connect_timeout=10,
+            read_timeout=30,
+            s3={"addressing_style": self.settings.addressing_style},
+        )
+        credentials: dict[str, Any] = {}
+        if self.settings.access_key_id:
+            credentials = {
+                "aws_access_key_id": self.settings.access_key_id,
+                "aws_secret_access_key": self.settings.secret_access_key,
+                "aws_session_token": self.settings.session_token,
+            }
+        self._client = await self._stack.enter_async_context(
+            session.create_client(
+                "s3",
+                region_name=self.region,
+                endpoint_url=self.settings.endpoint_url,
+                verify=self.settings.verify_ssl,
+                config=config,
+                **credentials,
+            )
+        )
+        self._log_settings(session)
+        return self
+
+    def _log_settings(self, session: Any) -> None:
+        names = ", ".join(self.settings.env_names_used) or "none"
+        method = "explicit S3_*/AWS_* keys" if self.settings.access_key_id else "the AWS credential chain"
+        log.info(
+            "S3: endpoint=%s region=%s addressing=%s verify_ssl=%s credentials from %s; variables used: %s",
+            self.settings.endpoint_url or "AWS default",
+            self.region,
+            self.settings.addressing_style,
+            self.settings.verify_ssl,
+            method,
+            names,
+        )
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def stat(self, url: str) -> ObjectInfo:
+        location = parse_s3_url(url)
+        try:
+            head = await self._client.head_object(Bucket=location.bucket, Key=location.key)
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, url) from exc
+        return ObjectInfo(url, int(head["ContentLength"]), str(head["ETag"]))
+
+    async def read_range(self, info: ObjectInfo, start: int, out: memoryview) -> None:
+        """Fill `out` from byte `start`, resuming a broken body from the last byte received."""
+        location = parse_s3_url(info.url)
+        done = 0
+        attempt = 1
+        while done < len(out):
+            first = start + done
+            try:
+                done += await self._get_into(location.bucket, location.key, info, first, out[done:])
+            except PartialRead as exc:
+                done += exc.received
+                cause = exc.__cause__ or exc
+                if not self.retry.should_retry(attempt):
+                    raise SourceUnavailable(
+                        f"{info.url}: reading bytes {first}-{start + len(out) - 1} broke off {attempt} times; "
+                        f"last error: {type(cause).__name__}: {cause}",
+                        url=info.url,
+                        offset=start + done,
+                    ) from cause
+                log.info("%s: body broke at byte %d (%s); resuming", info.url, start + done, cause)
+                await asyncio.sleep(self.retry.backoff_s(attempt, self._rng))
+                attempt += 1
+            except (ClientError, BotoCoreError) as exc:
+                raise _translate(exc, info.url, first) from exc
+
+    async def _get_into(self, bucket: str, key: str, info: ObjectInfo, first: int, out: memoryview) -> int:
+        """One ranged GET; returns how many bytes reached `out` before the body ended or broke."""
+        last = first + len(out) - 1
+        response = await self._client.get_object(
+            Bucket=bucket, Key=key, Range=f"bytes={first}-{last}", IfMatch=info.version
+        )
+        self._check_range(response, info, first, last)
+        body = response["Body"]
+        received = 0
+        try:
+            while received < len(out):
+                n = await body.readinto(out[received:])
+                if n == 0:
+                    break
+                received += n
+        except _BODY_ERRORS as exc:
+            raise PartialRead(received) from exc
+        finally:
+            body.close()
+        if received < len(out):
+            raise PartialRead(received)
+        return received
+
+    @staticmethod
+    def _check_range(response: dict[str, Any], info: ObjectInfo, first: int, last: int) -> None:
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        expected = f"bytes {first}-{last}/{info.size}"
+        if status != 206 or response.get("ContentRange") != expected:
+            raise SourceError(
+                f"{info.url}: asked for {expected}, the store answered HTTP {status} "
+                f"with Content-Range {response.get('ContentRange')!r}; refusing the bytes",
+                url=info.url,
+                offset=first,
+            )
+        if response.get("ETag") not in (None, info.version):
+            raise ObjectChanged(
+                f"ObjectChanged: {info.url} has ETag {response.get('ETag')}, pinned {info.version} at open",
+                url=info.url,
+                offset=first,
+            )
+
+
+class PartialRead(Exception):
+    """A body ended or broke after `received` bytes; the caller resumes from there."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"body ended after {received} bytes")
+        self.received = received

@@ -1,0 +1,133 @@
+"""Keeps up to C ranged reads in flight, in plan order, under a byte budget: the read-ahead engine.
+
+The plan (an iterable of `RangeRequest`, in the order the consumer will need them) is issued front to back;
+a request waits while the bytes in flight plus the bytes fetched but not yet released would exceed the
+budget. The consumer awaits `get(key)` and calls `release(key)` when it is done with the buffer. Because
+requests are issued in the order they are needed, the one the consumer waits for is never stuck behind
+the budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .source import ObjectInfo
+
+ByteArray = NDArray[np.uint8]
+ReadRange = Callable[[ObjectInfo, int, memoryview], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class RangeRequest:
+    key: int
+    info: ObjectInfo
+    start: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerStatistics:
+    issued: int
+    completed: int
+    in_flight: int
+    held_bytes: int
+    fetched_bytes: int
+    busy_s: float  # summed duration of the reads
+
+
+class RangeScheduler:
+    """Fetches a plan's ranges into fresh buffers, at most `concurrency` at a time, within `budget_bytes`."""
+
+    def __init__(
+        self, read_range: ReadRange, requests: Iterable[RangeRequest], *, concurrency: int, budget_bytes: int
+    ) -> None:
+        self._read_range = read_range
+        self._requests = iter(requests)
+        self._concurrency = asyncio.Semaphore(concurrency)
+        self._budget_bytes = budget_bytes
+        self._futures: dict[int, asyncio.Future[ByteArray]] = {}
+        self._sizes: dict[int, int] = {}
+        self._room = asyncio.Event()
+        self._held_bytes = 0
+        self._issued = self._completed = self._in_flight = self._fetched_bytes = 0
+        self._busy_s = 0.0
+
+    def _future(self, key: int) -> asyncio.Future[ByteArray]:
+        future = self._futures.get(key)
+        if future is None:
+            future = self._futures[key] = asyncio.get_running_loop().create_future()
+        return future
+
+    async def run(self) -> None:
+        """Issue every request; returns once all are done. Read errors go to whoever `get`s that key."""
+        async with asyncio.TaskGroup() as group:
+            for request in self._requests:
+                await self._wait_for_room(request.size)
+                await self._concurrency.acquire()
+                self._held_bytes += request.size
+                self._sizes[request.key] = request.size
+                self._issued += 1
+                self._future(request.key)
+                group.create_task(self._fetch(request))
+
+    async def _wait_for_room(self, size: int) -> None:
+        while self._held_bytes and self._held_bytes + size > self._budget_bytes:
+            self._room.clear()
+            await self._room.wait()
+
+    async def _fetch(self, request: RangeRequest) -> None:
+        future = self._future(request.key)
+        started = time.perf_counter()
+        self._in_flight += 1
+        try:
+            buffer = np.empty(request.size, dtype=np.uint8)
+            await self._read_range(request.info, request.start, buffer.data)
+        except Exception as exc:  # delivered to the consumer, which raises it in its own context
+            if not future.done():
+                future.set_exception(exc)
+        else:
+            self._fetched_bytes += request.size
+            if not future.done():
+                future.set_result(buffer)
+        finally:
+            self._in_flight -= 1
+            self._completed += 1
+            self._busy_s += time.perf_counter() - started
+            self._concurrency.release()
+
+    async def get(self, key: int) -> ByteArray:
+        """The buffer for `key`, once its read is done (raises that read's error)."""
+        return await asyncio.shield(self._future(key))
+
+    def release(self, key: int) -> None:
+        """The consumer is done with `key`'s buffer: its bytes go back to the budget."""
+        future = self._futures.pop(key, None)
+        if future is not None and future.done() and not future.cancelled():
+            future.exception()  # mark an unread error as retrieved
+        self._held_bytes -= self._sizes.pop(key, 0)
+        self._room.set()
+
+    def close(self) -> None:
+        """Drop every buffer; pending reads are cancelled by the task group that runs `run()`."""
+        for key in list(self._futures):
+            self.release(key)
+
+    def statistics(self) -> SchedulerStatistics:
+        return SchedulerStatistics(
+            self._issued,
+            self._completed,
+            self._in_flight,
+            self._held_bytes,
+            self._fetched_bytes,
+            self._busy_s,
+        )
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        return f"<RangeScheduler issued={s.issued} in_flight={s.in_flight} held={s.held_bytes}B>"

@@ -1,0 +1,62 @@
+"""What a reader is: the format-specific part of a stream, from an Open request to filled ring slots.
+
+A reader opens its objects (pinning their versions), says what arrays a ring slot holds, plans each epoch,
+and fills slots batch by batch while its epoch's ranges are fetched ahead. `serve/stream.py` drives it
+and knows nothing about formats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from numpy.typing import NDArray
+
+from ..fetch.source import ObjectInfo
+from ..plan.epoch import BatchSpec, EpochPlan
+
+T = TypeVar("T")
+
+# (name, numpy dtype string, shape) of each array in a slot
+ArrayLayout = list[tuple[str, str, tuple[int, ...]]]
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderShape:
+    """What a stream looks like from outside: its slot arrays and its epoch's size."""
+
+    arrays: ArrayLayout
+    batches_per_epoch: int
+    samples_per_epoch: int
+    objects: dict[str, ObjectInfo]
+
+
+class EpochFill(Protocol):
+    """One epoch in progress: fills slots in batch order while its ranges are fetched ahead."""
+
+    async def fill(self, spec: BatchSpec, out: dict[str, NDArray[Any]]) -> None: ...
+
+
+class Reader(Protocol):
+    shape: ReaderShape
+
+    def plan(self, epoch: int) -> EpochPlan: ...
+
+    def start_epoch(self, plan: EpochPlan, first_batch: int) -> AbstractAsyncContextManager[EpochFill]: ...
+
+
+async def run_to_completion(executor: Executor, work: Callable[[], T]) -> T:
+    """Run `work` in `executor`; if we are cancelled meanwhile, wait for it anyway, then re-raise.
+
+    Decode work writes into a ring slot; the slot must not be handed back while a thread still writes it.
+    """
+    future = asyncio.get_running_loop().run_in_executor(executor, work)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])
+        raise

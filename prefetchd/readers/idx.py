@@ -1,0 +1,293 @@
+"""IDX (MNIST) reader: an image file and a label file in, MNISTIter-shaped batches out.
+
+The label partition (a few bytes per sample) is read whole at open. Images are fetched in chunks of
+whole records, in the order the epoch first needs them, and each chunk is dropped as soon as the epoch
+has used every record in it. Shuffling is windowed so that one window of chunks is resident at a time;
+a partition that fits half the stream's byte budget is shuffled globally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from prefetchd_client.errors import InvalidRequest
+from prefetchd_client.protocol import Open
+
+from ..config import Config
+from ..decode.mnist import decode_images, decode_labels
+from ..fetch.policy import choose_chunk_bytes
+from ..fetch.router import SourceRouter
+from ..fetch.scheduler import RangeRequest, RangeScheduler
+from ..fetch.source import ObjectInfo
+from ..formats import idx
+from ..plan.epoch import LAST_BATCH_MODES, BatchSpec, EpochPlan, partition, plan_epoch
+from .base import ReaderShape, run_to_completion
+
+OUTPUT_DTYPES = ("float32", "float16", "float64")
+INLINE_DECODE_BYTES = 1 << 20  # smaller batches decode on the loop (~0.1 ms for 100 MNIST images)
+_HEADER_PROBE_BYTES = 64  # enough for 15 dimensions; more takes a second read
+
+
+@dataclass(frozen=True, slots=True)
+class IdxOptions:
+    flat: bool
+    dtype: str
+
+
+def parse_options(request: Open) -> IdxOptions:
+    if set(request.sources) != {"image", "label"}:
+        raise InvalidRequest(f"an idx stream takes sources 'image' and 'label', not {sorted(request.sources)}")
+    unknown = sorted(set(request.decode) - {"flat", "dtype"})
+    if unknown:
+        raise InvalidRequest(f"unknown idx decode options {unknown} (known: flat, dtype)")
+    flat = request.decode.get("flat", False)
+    dtype = request.decode.get("dtype", "float32")
+    if not isinstance(flat, bool):
+        raise InvalidRequest(f"flat must be true or false, not {flat!r}")
+    if dtype not in OUTPUT_DTYPES:
+        raise InvalidRequest(f"dtype must be one of {OUTPUT_DTYPES}, not {dtype!r}")
+    check_batching(request)
+    return IdxOptions(flat, dtype)
+
+
+def check_batching(request: Open) -> None:
+    if request.batch_size < 1:
+        raise InvalidRequest(f"batch_size must be at least 1, not {request.batch_size}")
+    if request.num_parts < 1 or not 0 <= request.part_index < request.num_parts:
+        raise InvalidRequest(
+            f"part_index must be in [0, num_parts): got part_index={request.part_index}, num_parts={request.num_parts}"
+        )
+    if request.last_batch not in LAST_BATCH_MODES:
+        raise InvalidRequest(f"last_batch must be one of {LAST_BATCH_MODES}, not {request.last_batch!r}")
+    if request.epoch < 0 or request.batch < 0:
+        raise InvalidRequest("epoch and batch must not be negative")
+
+
+async def read_header(router: SourceRouter, info: ObjectInfo) -> idx.IdxHeader:
+    probe = bytearray(min(info.size, _HEADER_PROBE_BYTES))
+    await router.read_range(info, 0, memoryview(probe))
+    needed = idx.header_bytes_needed(bytes(probe)) if len(probe) >= idx.PREAMBLE_BYTES else len(probe)
+    if needed > len(probe) and needed <= info.size:
+        probe = bytearray(needed)
+        await router.read_range(info, 0, memoryview(probe))
+    header = idx.parse_header(bytes(probe), url=info.url)
+    idx.check_size(header, info.size, url=info.url)
+    return header
+
+
+async def stat_all(router: SourceRouter, urls: list[str]) -> list[ObjectInfo]:
+    """Stat concurrently; the first failure (in argument order) is raised."""
+    results = await asyncio.gather(*(router.stat(url) for url in urls), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return [r for r in results if isinstance(r, ObjectInfo)]
+
+
+class IdxReader:
+    """Serves one IDX stream."""
+
+    def __init__(
+        self,
+        request: Open,
+        options: IdxOptions,
+        objects: dict[str, ObjectInfo],
+        image_header: idx.IdxHeader,
+        labels: NDArray[Any],
+        part: range,
+        *,
+        router: SourceRouter,
+        config: Config,
+        executor: Executor,
+    ) -> None:
+        self.request = request
+        self.options = options
+        self.image = objects["image"]
+        self.header = image_header
+        self.labels = labels  # the partition's labels, in record order
+        self.part = part
+        self._router = router
+        self._config = config
+        self._executor = executor
+        record_bytes = image_header.record_bytes
+        part_bytes = len(part) * record_bytes
+        chunk_bytes = choose_chunk_bytes(
+            part_bytes,
+            concurrency=config.max_concurrency,
+            max_chunk_bytes=config.chunk_bytes,
+            min_chunk_bytes=config.min_chunk_bytes,
+            granule=record_bytes,
+        )
+        self.chunk_records = max(1, chunk_bytes // record_bytes)
+        window_chunks = max(1, config.stream_budget_bytes // 2 // (self.chunk_records * record_bytes))
+        self.window_records = window_chunks * self.chunk_records
+        self.shape = ReaderShape(
+            arrays=self._arrays(),
+            batches_per_epoch=plan_epoch(
+                part,
+                epoch=0,
+                batch_size=request.batch_size,
+                shuffle=False,
+                seed=0,
+                reshuffle=False,
+                last_batch=request.last_batch,
+                window=1,
+            ).batch_count,
+            samples_per_epoch=len(part),
+            objects=objects,
+        )
+
+    @classmethod
+    async def open(cls, request: Open, *, router: SourceRouter, config: Config, executor: Executor) -> IdxReader:
+        options = parse_options(request)
+        image_url, label_url = request.sources["image"], request.sources["label"]
+        image, label = await stat_all(router, [image_url, label_url])
+        image_header, label_header = await asyncio.gather(read_header(router, image), read_header(router, label))
+        idx.check_pair(image_header, label_header, image_url=image_url, label_url=label_url)
+        part = partition(image_header.count, request.num_parts, request.part_index)
+        labels = np.empty(len(part), dtype=label_header.dtype)
+        if len(part):
+            await router.read_range(label, label_header.record_offset(part.start), labels.view(np.uint8).data)
+        objects = {"image": image, "label": label}
+        return cls(
+            request,
+            options,
+            objects,
+            image_header,
+            labels,
+            part,
+            router=router,
+            config=config,
+            executor=executor,
+        )
+
+    def _arrays(self) -> list[tuple[str, str, tuple[int, ...]]]:
+        batch = self.request.batch_size
+        record_shape = self.header.record_shape
+        if self.options.flat:
+            data_shape: tuple[int, ...] = (batch, math.prod(record_shape))
+        elif len(record_shape) == 2:
+            data_shape = (batch, 1, *record_shape)  # MNISTIter's (B, 1, rows, cols)
+        else:
+            data_shape = (batch, *record_shape)
+        return [
+            ("data", np.dtype(self.options.dtype).str, data_shape),
+            ("label", np.dtype("float32").str, (batch,)),
+            ("index", np.dtype("uint64").str, (batch,)),
+        ]
+
+    def plan(self, epoch: int) -> EpochPlan:
+        r = self.request
+        return plan_epoch(
+            self.part,
+            epoch=epoch,
+            batch_size=r.batch_size,
+            shuffle=r.shuffle,
+            seed=r.seed,
+            reshuffle=r.reshuffle,
+            last_batch=r.last_batch,
+            window=self.window_records,
+        )
+
+    @asynccontextmanager
+    async def start_epoch(self, plan: EpochPlan, first_batch: int) -> AsyncIterator[IdxEpoch]:
+        epoch = IdxEpoch(self, plan, first_batch)
+        try:
+            async with asyncio.TaskGroup() as group:
+                fetching = group.create_task(epoch.scheduler.run())
+                try:
+                    yield epoch
+                finally:
+                    fetching.cancel()
+        except BaseExceptionGroup as group_error:
+            # the fetch task only fails by being cancelled; surface the consumer's own error unwrapped
+            errors = group_error.exceptions
+            raise errors[0] if len(errors) == 1 else group_error from None
+        finally:
+            epoch.scheduler.close()
+
+
+class IdxEpoch:
+    """One epoch's fetch plan and the bookkeeping that drops each chunk after its last use."""
+
+    def __init__(self, reader: IdxReader, plan: EpochPlan, first_batch: int) -> None:
+        self.reader = reader
+        records = _records_from(plan, first_batch)
+        chunks = records // reader.chunk_records
+        chunk_ids, first_use, uses = np.unique(chunks, return_index=True, return_counts=True)
+        self._uses = dict(zip(chunk_ids.tolist(), uses.tolist(), strict=True))
+        need_order = chunk_ids[np.argsort(first_use, kind="stable")].tolist()
+        header, cr = reader.header, reader.chunk_records
+        requests = (
+            RangeRequest(
+                c,
+                reader.image,
+                header.record_offset(c * cr),
+                (min(header.count, (c + 1) * cr) - c * cr) * header.record_bytes,
+            )
+            for c in need_order
+        )
+        config = reader._config
+        self.scheduler = RangeScheduler(
+            reader._router.read_range,
+            requests,
+            concurrency=config.max_concurrency,
+            budget_bytes=config.stream_budget_bytes,
+        )
+
+    async def fill(self, spec: BatchSpec, out: dict[str, NDArray[Any]]) -> None:
+        reader = self.reader
+        records = spec.records
+        chunks = records // reader.chunk_records
+        needed = np.unique(chunks).tolist()
+        buffers = {c: await self.scheduler.get(c) for c in needed}
+        n = len(records)
+
+        def decode() -> None:
+            rows = gather_records(buffers, records, chunks, reader.chunk_records, reader.header.record_bytes)
+            decode_images(rows.view(reader.header.dtype), out["data"][:n])
+            decode_labels(reader.labels[records - reader.part.start], out["label"][:n])
+            out["index"][:n] = records
+
+        if n * reader.header.record_bytes <= INLINE_DECODE_BYTES:
+            decode()
+        else:
+            await run_to_completion(reader._executor, decode)
+        for c, used in zip(*np.unique(chunks, return_counts=True), strict=True):
+            left = self._uses[int(c)] - int(used)
+            self._uses[int(c)] = left
+            if left == 0:
+                self.scheduler.release(int(c))
+
+
+def _records_from(plan: EpochPlan, first_batch: int) -> NDArray[Any]:
+    """Every record the epoch still reads from `first_batch` on, pads included, in visiting order."""
+    count = plan.batch_count
+    if first_batch >= count:
+        return np.empty(0, dtype=np.int64)
+    parts = [plan.order[first_batch * plan.batch_size : (count - 1) * plan.batch_size]]
+    parts.append(plan.batch(count - 1).records)
+    return np.concatenate(parts)
+
+
+def gather_records(
+    buffers: dict[int, NDArray[np.uint8]],
+    records: NDArray[np.int64],
+    chunks: NDArray[np.int64],
+    chunk_records: int,
+    record_bytes: int,
+) -> NDArray[Any]:
+    """Copy `records` out of their chunk buffers into one (n, record_bytes) uint8 array, in order."""
+    rows = np.empty((len(records), record_bytes), dtype=np.uint8)
+    for c, buffer in buffers.items():
+        mask = chunks == c
+        rows[mask] = buffer.reshape(-1, record_bytes)[records[mask] - c * chunk_records]
+    return rows

@@ -1,0 +1,189 @@
+"""The control server: accept, check the peer, shake hands, open the stream, serve it, clean up.
+
+Whatever one client does (a malformed frame, a missing object, a crash), the error is reported to that
+client and its stream alone is closed; the daemon keeps serving the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+from prefetchd_client import layout
+from prefetchd_client.errors import (
+    AccessDenied,
+    DaemonError,
+    InvalidRequest,
+    PrefetchdError,
+    ProtocolError,
+    RemoteProtocolError,
+)
+from prefetchd_client.protocol import PROTOCOL_VERSION, Error, Hello, Message, Open, Opened, Welcome
+
+from .. import __version__
+from ..config import Config
+from ..fetch.router import SourceRouter
+from ..readers.base import Reader
+from ..readers.idx import IdxReader
+from ..ring.segment import Segment
+from ..ring.writer import RingWriter
+from .peer import PeerConnection, PeerGone
+from .stream import Stream
+
+log = logging.getLogger("prefetchd.serve.control")
+
+HANDSHAKE_TIMEOUT_S = 10.0
+OPEN_TIMEOUT_S = 60.0
+
+
+class ControlServer:
+    """Serves every connection of one daemon; `streams` is what `prefetchd status` reports."""
+
+    def __init__(self, config: Config, router: SourceRouter, executor: Executor) -> None:
+        self.config = config
+        self.router = router
+        self.executor = executor
+        self.streams: dict[int, Stream] = {}
+        self.connections = 0
+        self._ids = itertools.count(1)
+        self.on_idle: Callable[[], None] = lambda: None
+        self.on_busy: Callable[[], None] = lambda: None
+
+    async def serve(self, listening: socket.socket) -> None:
+        """Accept until cancelled; each connection is a task in this server's TaskGroup."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.TaskGroup() as group:
+            while True:
+                sock, _ = await loop.sock_accept(listening)
+                group.create_task(self._serve_connection(sock))
+
+    async def _serve_connection(self, sock: socket.socket) -> None:
+        self.connections += 1
+        self.on_busy()
+        try:
+            peer = PeerConnection(sock)
+            try:
+                await self._converse(peer)
+            except PeerGone:
+                log.info("client pid %d went away", peer.credentials.pid)
+            except Exception as exc:
+                await self._report(peer, _first_error(exc))
+            finally:
+                peer.close()
+        finally:
+            self.connections -= 1
+            if self.connections == 0:
+                self.on_idle()
+
+    async def _report(self, peer: PeerConnection, exc: PrefetchdError) -> None:
+        code = "protocol_error" if isinstance(exc, RemoteProtocolError) else exc.code
+        level = logging.WARNING if isinstance(exc, ProtocolError) else logging.INFO
+        log.log(level, "client pid %d: %s", peer.credentials.pid, exc)
+        try:
+            await asyncio.wait_for(peer.send(Error(code, exc.message, exc.url, exc.offset, True)), 5.0)
+        except (PeerGone, OSError, TimeoutError):
+            pass  # the client is gone; nothing more to tell it
+
+    async def _converse(self, peer: PeerConnection) -> None:
+        self._check_peer(peer)
+        await self._handshake(peer)
+        request = await _receive_within(peer, OPEN_TIMEOUT_S, "an open frame")
+        if request is None:
+            return
+        if not isinstance(request, Open):
+            raise RemoteProtocolError(f"expected an open frame after the handshake, got {request.TYPE}")
+        reader = await open_reader(request, self.router, self.config, self.executor)
+        shape = reader.shape
+        if shape.batches_per_epoch == 0:
+            raise InvalidRequest(
+                f"the partition holds {shape.samples_per_epoch} samples, not one whole batch of "
+                f"{request.batch_size}; use a smaller batch_size or last_batch='keep' or 'pad'"
+            )
+        stream_id = next(self._ids)
+        geometry = layout.RingGeometry.build(2, shape.arrays)
+        slots = max(request.prefetch + 2, min(self.config.max_slots, self.config.ring_bytes // geometry.slot_bytes))
+        geometry = layout.RingGeometry.build(slots, shape.arrays)
+        ring = RingWriter(Segment(f"prefetchd-stream-{stream_id}", geometry.segment_bytes), geometry)
+        stream = Stream(stream_id, peer, reader, ring, request)
+        self.streams[stream_id] = stream
+        try:
+            opened = Opened(
+                stream_id,
+                geometry.segment_bytes,
+                shape.batches_per_epoch,
+                shape.samples_per_epoch,
+                {role: info.describe() for role, info in shape.objects.items()},
+            )
+            await peer.send(opened, fds=(ring.segment.fd,))
+            log.info(
+                "stream %d opened for pid %d: %s %s, %d batches of %d, %d slots",
+                stream_id,
+                peer.credentials.pid,
+                request.format,
+                request.sources,
+                shape.batches_per_epoch,
+                request.batch_size,
+                slots,
+            )
+            await stream.run()
+        finally:
+            del self.streams[stream_id]
+            ring.close()
+            log.info("stream %d closed", stream_id)
+
+    def _check_peer(self, peer: PeerConnection) -> None:
+        uid = peer.credentials.uid
+        if uid != os.getuid() and uid not in self.config.allowed_uids:
+            raise AccessDenied(
+                f"uid {uid} may not use this daemon (it runs as uid {os.getuid()}; allow more users with allowed_uids)"
+            )
+
+    async def _handshake(self, peer: PeerConnection) -> None:
+        hello = await _receive_within(peer, HANDSHAKE_TIMEOUT_S, "its hello frame")
+        if hello is None:
+            raise RemoteProtocolError("client closed the connection before its handshake")
+        if not isinstance(hello, Hello):
+            raise RemoteProtocolError(f"expected a hello frame first, got {hello.TYPE}")
+        if hello.protocol != PROTOCOL_VERSION or hello.ring_format != layout.FORMAT_VERSION:
+            raise RemoteProtocolError(
+                f"client {hello.client} speaks protocol {hello.protocol} / ring format {hello.ring_format}; "
+                f"this daemon (prefetchd {__version__}) speaks protocol {PROTOCOL_VERSION} / ring format "
+                f"{layout.FORMAT_VERSION}: install matching prefetchd and prefetchd-client releases"
+            )
+        await peer.send(Welcome(PROTOCOL_VERSION, layout.FORMAT_VERSION, f"prefetchd/{__version__}", os.getpid()))
+
+
+async def _receive_within(peer: PeerConnection, timeout_s: float, what: str) -> Message | None:
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await peer.receive()
+    except TimeoutError:
+        raise RemoteProtocolError(f"the client sent no {what} within {timeout_s:.0f} s") from None
+
+
+def _first_error(exc: Exception) -> PrefetchdError:
+    """The error to tell the client: ours as they are; anything else is a daemon bug, logged in full."""
+    if isinstance(exc, ExceptionGroup):
+        ours = exc.subgroup(PrefetchdError)
+        if ours is not None:
+            leaf: BaseException = ours
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            assert isinstance(leaf, PrefetchdError)
+            return leaf
+    if isinstance(exc, PrefetchdError):
+        return exc
+    log.error("internal error serving a client", exc_info=exc)
+    return DaemonError(f"internal daemon error: {type(exc).__name__}: {exc}; the daemon log has the traceback")
+
+
+async def open_reader(request: Open, router: SourceRouter, config: Config, executor: Executor) -> Reader:
+    """The reader for the request's format."""
+    if request.format == "idx":
+        return await IdxReader.open(request, router=router, config=config, executor=executor)
+    raise InvalidRequest(f"unknown format {request.format!r} (this daemon serves: idx)")

@@ -1,0 +1,139 @@
+"""One client's stream: reader → ring slots → Batch frames, and Release/Seek/Close coming back.
+
+Two tasks in one TaskGroup: the producer fills and publishes slots epoch after epoch (bounded by the ring,
+which only the client's Releases free), and the receiver applies the client's frames. A Seek replaces the
+producer; a Close, an EOF or the death of the client's process ends the stream and frees its ring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from prefetchd_client.errors import RemoteProtocolError
+from prefetchd_client.protocol import Batch, Close, EndOfEpoch, Open, Release, Seek
+
+from ..readers.base import Reader
+from ..ring.writer import RingWriter
+from .peer import PeerConnection, PeerGone
+
+log = logging.getLogger("prefetchd.serve.stream")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatistics:
+    stream: int
+    epoch: int
+    batches_sent: int
+    seeks: int
+    ring_free: int
+    ring_ready: int
+
+
+class Stream:
+    def __init__(self, stream_id: int, peer: PeerConnection, reader: Reader, ring: RingWriter, request: Open):
+        self.id = stream_id
+        self.peer = peer
+        self.reader = reader
+        self.ring = ring
+        self.request = request
+        self._epoch = request.epoch
+        self._batches_sent = 0
+        self._seeks = 0
+        self._producers: list[asyncio.Task[None]] = []
+
+    async def run(self) -> None:
+        """Serve until the client closes, goes away or breaks the protocol; errors propagate."""
+        async with asyncio.TaskGroup() as group:
+            self._producers = [group.create_task(self._produce(self.request.epoch, self.request.batch))]
+            watcher = group.create_task(_wait_for_exit(self.peer.credentials.pid))
+            receiver = group.create_task(self._receive(group))
+            done, _ = await asyncio.wait([watcher, receiver], return_when=asyncio.FIRST_COMPLETED)
+            if watcher in done and watcher.result():
+                log.info("stream %d: client process %d exited", self.id, self.peer.credentials.pid)
+            for task in (watcher, receiver, *self._producers):
+                task.cancel()
+
+    async def _receive(self, group: asyncio.TaskGroup) -> None:
+        while True:
+            message = await self.peer.receive()
+            if message is None or isinstance(message, Close):
+                return
+            if isinstance(message, Release):
+                self.ring.release(message.slot, message.fill)
+            elif isinstance(message, Seek):
+                if message.epoch < 0 or message.batch < 0:
+                    raise RemoteProtocolError(f"Seek to epoch {message.epoch} batch {message.batch}")
+                old = self._producers.pop()
+                old.cancel()
+                await asyncio.wait([old])
+                self._seeks += 1
+                self._producers.append(group.create_task(self._produce(message.epoch, message.batch)))
+            else:
+                raise RemoteProtocolError(f"a {message.TYPE} frame is not expected on an open stream")
+
+    async def _produce(self, epoch: int, batch: int) -> None:
+        try:
+            await self._produce_epochs(epoch, batch)
+        except PeerGone:
+            pass  # the receiver sees the EOF and ends the stream
+
+    async def _produce_epochs(self, epoch: int, batch: int) -> None:
+        while True:
+            self._epoch = epoch
+            plan = self.reader.plan(epoch)
+            async with self.reader.start_epoch(plan, batch) as filling:
+                for seq in range(batch, plan.batch_count):
+                    spec = plan.batch(seq)
+                    slot = await self.ring.acquire()
+                    try:
+                        await filling.fill(spec, self.ring.arrays(slot))
+                    except BaseException:
+                        self.ring.abort(slot)
+                        raise
+                    fill = self.ring.publish(slot, epoch=epoch, seq=seq, valid=spec.valid, pad=spec.pad)
+                    await self.peer.send(Batch(slot, fill, epoch, seq))
+                    self._batches_sent += 1
+            await self.peer.send(EndOfEpoch(epoch, plan.batch_count))
+            epoch, batch = epoch + 1, 0
+
+    def statistics(self) -> StreamStatistics:
+        ring = self.ring.statistics()
+        return StreamStatistics(self.id, self._epoch, self._batches_sent, self._seeks, ring.free, ring.ready)
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        return f"<Stream {s.stream} {self.request.format} epoch={s.epoch} sent={s.batches_sent} {self.ring!r}>"
+
+
+async def _wait_for_exit(pid: int) -> bool:
+    """Returns True when process `pid` exits (a pidfd fires at once); waits forever if it cannot watch.
+
+    EOF on the socket is not proof of death: a trainer that forked DataLoader workers after connecting
+    leaves them holding the socket open.
+    """
+    try:
+        pidfd = os.pidfd_open(pid) if pid > 0 else -1
+    except OSError:
+        pidfd = -1
+    if pidfd < 0:
+        await asyncio.Event().wait()
+        return False
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+    loop.add_reader(pidfd, lambda: _settle(exited, True))
+    try:
+        return bool(await exited)
+    finally:
+        loop.remove_reader(pidfd)
+        with contextlib.suppress(OSError):
+            os.close(pidfd)
+
+
+def _settle(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)

@@ -1,0 +1,4 @@
+"""Helpers for the demo and the tests: an embedded S3 server, the Fashion-MNIST finder, a daemon process.
+
+Needs the `testing` extra (moto's server mode); nothing in the daemon proper imports this package.
+"""

@@ -77,7 +77,7 @@ def main() -> None:
 def serve(config_file: Path | None, ready_fd: int | None, detach: bool, **flags: Any) -> None:
     """Run the daemon in the foreground until SIGTERM or Ctrl-C."""
     try:
-        config = load_config(flags, os.environ, config_file)
+        config = load_config(flags, None, config_file)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     if detach:

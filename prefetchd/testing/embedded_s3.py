@@ -32,8 +32,11 @@ CREDENTIALS = {
 class EmbeddedS3:
     """`with EmbeddedS3() as s3:` gives a running server at `s3.endpoint_url`."""
 
-    def __init__(self, host: str = "127.0.0.1", *, start_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", *, start_timeout_s: float = 30.0, env: dict[str, str] | None = None
+    ) -> None:
         self.host = host
+        self.extra_env = env or {}
         self.start_timeout_s = start_timeout_s
         self.endpoint_url = ""
         self.log: collections.deque[str] = collections.deque(maxlen=400)
@@ -41,7 +44,7 @@ class EmbeddedS3:
         self._drain: threading.Thread | None = None
 
     def __enter__(self) -> EmbeddedS3:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
         self._process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", self.host, "-p", "0"],
             stdin=subprocess.DEVNULL,

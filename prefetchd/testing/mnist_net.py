@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def conv_net(mx: Any) -> Any:
+def conv_net(mx: Any, output_name: str = "softmax") -> Any:
     """Convolution 32 3×3 stride 2 → BatchNorm → relu → 2×2 max pool, twice; Flatten; FC 10; softmax."""
     x = mx.symbol.Variable("data")
     for i in (1, 2):
@@ -19,7 +19,7 @@ def conv_net(mx: Any) -> Any:
         x = mx.symbol.Pooling(data=x, name=f"mp{i}", kernel=(2, 2), stride=(2, 2), pool_type="max")
     x = mx.symbol.Flatten(data=x, name="flatten")
     x = mx.symbol.FullyConnected(data=x, name="fc2", num_hidden=10)
-    return mx.symbol.SoftmaxOutput(data=x, name="softmax")
+    return mx.symbol.SoftmaxOutput(data=x, name=output_name)
 
 
 def fit_one_epoch(mx: Any, train: Any, val: Any, *, seed: int = 42, learning_rate: float = 0.1) -> float:

@@ -1,0 +1,93 @@
+"""The architecture's rules, checked on the source: what may import what, and where I/O may live."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DAEMON = ROOT / "prefetchd"
+CLIENT = ROOT / "client" / "prefetchd_client"
+
+DAEMON_DEPENDENCIES = {"aiobotocore", "aiohttp", "botocore", "boto3", "uvloop", "prometheus_client", "click"}
+IO_MODULES = {"socket", "asyncio", "time", "logging", "subprocess", "threading", "mmap", "select", "uvloop"}
+PURE = [
+    *sorted((DAEMON / "formats").glob("*.py")),
+    *sorted((DAEMON / "plan").glob("*.py")),
+    DAEMON / "fetch" / "policy.py",
+    DAEMON / "decode" / "mnist.py",
+    CLIENT / "protocol.py",
+    CLIENT / "layout.py",
+    CLIENT / "errors.py",
+]
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level names of every module `path` imports (relative imports excluded)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def _sources(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", PURE, ids=lambda p: str(p.relative_to(ROOT)))
+def test_pure_modules_do_no_io(path: Path) -> None:
+    assert not _imports(path) & (IO_MODULES | DAEMON_DEPENDENCIES)
+
+
+@pytest.mark.parametrize("path", _sources(CLIENT), ids=lambda p: str(p.relative_to(ROOT)))
+def test_client_imports_only_numpy_and_the_standard_library(path: Path) -> None:
+    allowed = set(sys.stdlib_module_names) | {"numpy", "prefetchd_client"}
+    if path.name in ("mxnet.py", "mxnet_s3.py"):
+        allowed.add("mxnet")  # the adapters, imported lazily
+    assert _imports(path) <= allowed, _imports(path) - allowed
+
+
+def test_mxnet_loads_only_when_an_adapter_is_asked_for() -> None:
+    eager = [p for p in _sources(CLIENT) if "mxnet" in _imports(p)]
+    assert sorted(p.name for p in eager) == ["mxnet.py", "mxnet_s3.py"]
+    init = (CLIENT / "__init__.py").read_text()
+    assert "from .adapters import mxnet" in init.split("def __getattr__")[1], "imported inside __getattr__ only"
+
+
+def test_botocore_is_seen_by_the_s3_module_only() -> None:
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in _sources(DAEMON)
+        if _imports(p) & {"botocore", "aiobotocore", "aiohttp"} and p.parent.name != "testing"
+    ]
+    assert offenders == ["prefetchd/fetch/s3.py"]
+
+
+def test_only_config_reads_the_environment() -> None:
+    readers = [
+        str(p.relative_to(ROOT))
+        for p in [*_sources(DAEMON), *_sources(CLIENT)]
+        if "os.environ" in p.read_text() and p.parent.name != "testing"
+    ]
+    assert sorted(readers) == ["client/prefetchd_client/autostart.py", "prefetchd/config.py"]
+
+
+def test_no_fire_and_forget_tasks() -> None:
+    for path in _sources(DAEMON):
+        text = path.read_text()
+        assert "asyncio.create_task" not in text and "ensure_future" not in text, path
+
+
+def test_no_shared_memory_habits_that_leak_or_hang() -> None:
+    for path in [*_sources(DAEMON), *_sources(CLIENT)]:
+        text = path.read_text()
+        for habit in ("shared_memory", "SharedMemory(", "atexit", "resource_tracker"):
+            assert habit not in text, f"{path}: {habit}"
+    for path in [*_sources(DAEMON / "ring"), CLIENT / "ring.py", CLIENT / "layout.py"]:
+        assert "sleep(" not in path.read_text(), path

@@ -141,5 +141,16 @@ def demo() -> None:
     run_demo(lambda line: click.echo(line))
 
 
+@main.command()
+@click.option("--rounds", type=click.IntRange(min=1), default=5, help="Epochs per reader")
+@click.option("--batch-size", type=click.IntRange(min=1), default=100)
+def bench(rounds: int, batch_size: int) -> None:
+    """Side-by-side epoch throughput: MXNet's local iterator, prefetchd from files, prefetchd from S3."""
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    from .bench.epoch import run
+
+    run(rounds=rounds, batch_size=batch_size, say=lambda line: click.echo(line))
+
+
 if __name__ == "__main__":
     main()

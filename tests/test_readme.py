@@ -1,0 +1,33 @@
+"""The README's Python examples run as written, against a real daemon and the test bucket."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prefetchd.testing.daemon_process import DaemonProcess
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+EXAMPLES = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+
+
+def test_the_readme_has_examples() -> None:
+    assert len(EXAMPLES) >= 3
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[f"example-{i}" for i in range(len(EXAMPLES))])
+def test_readme_example_runs(example: str, daemon: DaemonProcess, fashion_urls: dict[str, str]) -> None:
+    assert "s3://bucket-name/training-data/" in example
+    result = subprocess.run(
+        [sys.executable, "-c", example],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PREFETCHD_SOCKET": str(daemon.socket_path)},
+    )
+    assert result.returncode == 0, result.stderr

@@ -25,7 +25,9 @@ def test_seed_conv_net_reaches_the_local_accuracy_from_s3(
     def iterators(image: str, label: str, val_image: str, val_label: str, make: type) -> tuple[object, object]:
         common = {"batch_size": 100, "shuffle": False, "silent": True}
         extra = {"socket_path": str(daemon.socket_path)} if make is MNISTIter else {}
-        return make(image=image, label=label, **common, **extra), make(image=val_image, label=val_label, **common, **extra)
+        return make(image=image, label=label, **common, **extra), make(
+            image=val_image, label=val_label, **common, **extra
+        )
 
     names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
     local = fit_one_epoch(mx, *iterators(*(str(fashion_dir / n) for n in names), make=mx.io.MNISTIter))
@@ -62,11 +64,44 @@ def test_opt_in_routes_only_s3_paths_and_can_be_undone(daemon: DaemonProcess, fa
     mxnet_s3.enable()
     try:
         local = mx.io.MNISTIter(
-            image=str(fashion_dir / "t10k-images-idx3-ubyte"), label=str(fashion_dir / "t10k-labels-idx1-ubyte"),
-            batch_size=100, silent=True,
+            image=str(fashion_dir / "t10k-images-idx3-ubyte"),
+            label=str(fashion_dir / "t10k-labels-idx1-ubyte"),
+            batch_size=100,
+            silent=True,
         )
         assert isinstance(local, mx.io.MXDataIter), "local paths stay with MXNet's own iterator"
     finally:
         mxnet_s3.disable()
     assert not mxnet_s3.enabled()
     assert not hasattr(mx.io.MNISTIter, "__prefetchd_original__")
+
+
+def test_a_gluon_loop_trains_on_the_drop_in(daemon: DaemonProcess, fashion_urls: dict[str, str]) -> None:
+    from mxnet import autograd, gluon
+
+    train = MNISTIter(
+        image=fashion_urls["train-images-idx3-ubyte"],
+        label=fashion_urls["train-labels-idx1-ubyte"],
+        batch_size=100,
+        shuffle=True,
+        silent=True,
+        socket_path=str(daemon.socket_path),
+    )
+    mx.random.seed(1)
+    net = gluon.nn.Sequential()
+    net.add(gluon.nn.Dense(64, activation="relu"), gluon.nn.Dense(10))
+    net.initialize(mx.init.Xavier())
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1})
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    accuracy = mx.metric.Accuracy()
+    for i, batch in enumerate(train):
+        data, label = batch.data[0], batch.label[0]
+        with autograd.record():
+            output = net(data)
+            loss = loss_fn(output, label)
+        loss.backward()
+        trainer.step(data.shape[0])
+        if i >= 300:
+            accuracy.update([label], [output])
+    assert i == 599
+    assert accuracy.get()[1] > 0.7

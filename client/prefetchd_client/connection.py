@@ -76,6 +76,11 @@ class Connection:
         reply = self.receive(timeout_s=timeout_s, waiting_for="the daemon's handshake")
         if not isinstance(reply, Welcome):
             raise RemoteProtocolError(f"daemon answered the handshake with {reply.TYPE}")
+        if (reply.protocol, reply.ring_format) != (PROTOCOL_VERSION, layout.FORMAT_VERSION):
+            raise RemoteProtocolError(
+                f"{reply.daemon} welcomed us with protocol {reply.protocol} / ring format {reply.ring_format}, "
+                f"not the {PROTOCOL_VERSION} / {layout.FORMAT_VERSION} we asked for"
+            )
         return reply
 
     def send(self, message: Message) -> None:

@@ -26,7 +26,8 @@ class PrefetchdError(Exception):
         return self.message
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self.code, self.message, self.url, self.offset))
+        # by class, not code: the daemon's own subclasses (ConfigError, ...) are not in ERROR_CLASSES
+        return (_unpickle, (type(self), self.message, self.url, self.offset))
 
     def to_wire(self) -> dict[str, Any]:
         """The fields an `error` frame carries."""
@@ -133,14 +134,21 @@ def _rebuild(code: str, message: str, url: str | None, offset: int | None) -> Pr
     return ERROR_CLASSES.get(code, DaemonError)(message, url=url, offset=offset)
 
 
+def _unpickle(cls: type[PrefetchdError], message: str, url: str | None, offset: int | None) -> PrefetchdError:
+    return cls(message, url=url, offset=offset)
+
+
 def error_from_wire(fields: dict[str, Any], *, sent_by_peer: bool = True) -> PrefetchdError:
     """Rebuild the error a peer reported as the class it named.
 
-    The peer's `protocol_error` means *we* broke the protocol, so it comes back as `LocalProtocolError`.
+    The peer's `protocol_error` means *we* broke the protocol, so it comes back as `LocalProtocolError`;
+    a peer owning up to its own `local_protocol_error` comes back as `RemoteProtocolError`.
     """
     code = str(fields.get("code", "internal"))
     if sent_by_peer and code in ("protocol_error", "remote_protocol_error"):
         code = LocalProtocolError.code
+    elif sent_by_peer and code == LocalProtocolError.code:
+        code = RemoteProtocolError.code
     url = fields.get("url")
     offset = fields.get("offset")
     return _rebuild(

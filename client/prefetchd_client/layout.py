@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 import struct
 from dataclasses import dataclass
 
@@ -40,6 +41,8 @@ _ARRAY_BYTES = 128
 _ARRAY = struct.Struct("<16s16sQQII8Q")
 # fill, epoch, seq, valid, pad, state, reserved
 _SLOT_HEADER = struct.Struct("<QQQIII28x")
+_NAME_BYTES = 16  # an array's name and dtype string, NUL-padded
+_DTYPE = re.compile(r"[<>|=][biufcSV][1-9][0-9]*")
 
 assert _HEADER.size == 64 and _ARRAY.size <= _ARRAY_BYTES and _SLOT_HEADER.size == SLOT_HEADER_BYTES
 assert _ARRAY_BASE + MAX_ARRAYS * _ARRAY_BYTES <= HEADER_BYTES
@@ -124,11 +127,17 @@ class RingGeometry:
             raise ValueError(f"a slot holds 1 to {MAX_ARRAYS} arrays, not {len(arrays)}")
         if slot_count < 1:
             raise ValueError("a ring needs at least one slot")
+        if len({name for name, _, _ in arrays}) != len(arrays):
+            raise ValueError(f"array names must differ: {[name for name, _, _ in arrays]}")
         offset = SLOT_HEADER_BYTES
         specs = []
         for name, dtype, shape in arrays:
             if len(shape) > MAX_DIMS:
                 raise ValueError(f"array {name} has {len(shape)} dims; the ring allows {MAX_DIMS}")
+            if not 1 <= len(name.encode()) <= _NAME_BYTES or len(dtype.encode()) > _NAME_BYTES or "\0" in name:
+                raise ValueError(f"array {name!r} ({dtype!r}): names and dtypes are 1 to {_NAME_BYTES} bytes, no NUL")
+            if any(dim < 0 for dim in shape):
+                raise ValueError(f"array {name} has a negative dimension: {shape}")
             nbytes = math.prod(shape) * _itemsize(dtype)
             specs.append(ArraySpec(name, dtype, tuple(shape), offset, nbytes))
             offset = align_up(offset + nbytes)
@@ -151,10 +160,10 @@ class RingGeometry:
 
 
 def _itemsize(dtype: str) -> int:
-    digits = "".join(ch for ch in dtype if ch.isdigit())
-    if not digits or dtype[0] not in "<>|=":
+    # byte order, kind, item bytes; kinds whose digits are not the item bytes ('<U10', '<M8[ns]') are refused
+    if not _DTYPE.fullmatch(dtype):
         raise ValueError(f"{dtype!r} is not a numpy dtype string such as '<f4'")
-    return int(digits)
+    return int(dtype[2:])
 
 
 def pack_header(geometry: RingGeometry) -> bytes:
@@ -208,15 +217,28 @@ def unpack_header(buf: bytes | memoryview) -> RingGeometry:
     if features & ~FEATURES:
         raise RemoteProtocolError(f"ring uses feature bits {features:#x} this client does not know")
     if header_bytes != HEADER_BYTES or slots_offset != HEADER_BYTES or not 1 <= array_count <= MAX_ARRAYS:
-        raise RemoteProtocolError("ring header geometry is inconsistent")
+        raise RemoteProtocolError(
+            f"ring header geometry is inconsistent: header_bytes {header_bytes}, slots_offset {slots_offset}, "
+            f"array_count {array_count}"
+        )
+    if slot_count < 1 or slot_bytes < SLOT_HEADER_BYTES or slot_bytes % ALIGN:
+        raise RemoteProtocolError(f"ring header geometry is inconsistent: {slot_count} slots of {slot_bytes} bytes")
     arrays = []
+    end = SLOT_HEADER_BYTES  # arrays follow the slot header and each other, in order, never overlapping
     for i in range(array_count):
         name, dtype, offset, nbytes, ndim, _, *dims = _ARRAY.unpack_from(buf, _ARRAY_BASE + i * _ARRAY_BYTES)
         if ndim > MAX_DIMS:
             raise RemoteProtocolError(f"ring array {i} claims {ndim} dims")
-        spec = ArraySpec(name.rstrip(b"\0").decode(), dtype.rstrip(b"\0").decode(), tuple(dims[:ndim]), offset, nbytes)
-        if offset + nbytes > slot_bytes or math.prod(spec.shape) * _itemsize(spec.dtype) != nbytes:
+        try:
+            spec = ArraySpec(
+                name.rstrip(b"\0").decode(), dtype.rstrip(b"\0").decode(), tuple(dims[:ndim]), offset, nbytes
+            )
+            itemsize = _itemsize(spec.dtype)
+        except ValueError as exc:  # UnicodeDecodeError too
+            raise RemoteProtocolError(f"ring array {i} has an unreadable name or dtype: {exc}") from None
+        if offset < end or offset % ALIGN or offset + nbytes > slot_bytes or math.prod(spec.shape) * itemsize != nbytes:
             raise RemoteProtocolError(f"ring array {spec.name!r} does not fit its slot")
+        end = offset + nbytes
         arrays.append(spec)
     geometry = RingGeometry(slot_count, slot_bytes, tuple(arrays), features, version)
     if geometry.segment_bytes != seg:

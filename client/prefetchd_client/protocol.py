@@ -189,10 +189,29 @@ def _accepts(value: Any, allowed: tuple[type, ...]) -> bool:
     return False
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Duplicate keys are refused: parsers disagree on which one wins."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = [key for key, _ in pairs]
+        raise ValueError(f"duplicate keys {sorted({k for k in seen if seen.count(k) > 1})}")
+    return obj
+
+
+def _shown(value: Any) -> str:
+    """A bad value as an error message quotes it: never more than a line."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def encode(message: Message) -> bytes:
     """One frame: length prefix and JSON body."""
     body = {"type": message.TYPE, **dataclasses.asdict(message)}
-    payload = json.dumps(body, separators=(",", ":")).encode()
+    payload = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
     if len(payload) > MAX_FRAME_BYTES:
         raise ValueError(f"{message.TYPE} frame of {len(payload)} bytes exceeds {MAX_FRAME_BYTES}")
     return LENGTH_PREFIX.pack(len(payload)) + payload
@@ -201,22 +220,28 @@ def encode(message: Message) -> bytes:
 def decode_body(payload: bytes) -> Message:
     """Parse and validate one frame body; anything off is a `RemoteProtocolError` naming what."""
     try:
-        obj = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RemoteProtocolError(f"frame is not UTF-8 JSON: {exc}") from exc
+        text = payload.decode("utf-8")  # json.loads(bytes) would also take UTF-16 and UTF-32
+    except UnicodeDecodeError as exc:
+        raise RemoteProtocolError(f"frame body is not UTF-8: {exc}") from exc
+    try:
+        obj = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_refuse_duplicates)
+    except (ValueError, RecursionError) as exc:  # also a 4300-digit int, or arrays nested thousands deep
+        raise RemoteProtocolError(f"frame body is not JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise RemoteProtocolError(f"frame holds a JSON {type(obj).__name__}, not an object")
-    kind = obj.pop("type", None)
+    if "type" not in obj:
+        raise RemoteProtocolError("frame object has no type field")
+    kind = obj.pop("type")
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise RemoteProtocolError(f"unknown message type {kind!r}")
+        raise RemoteProtocolError(f"unknown message type {_shown(kind)}")
     checkers = _CHECKERS[cls.TYPE]
     unknown = sorted(set(obj) - set(checkers))
     if unknown:
         raise RemoteProtocolError(f"{kind} frame has unknown fields {unknown}")
     for name, value in obj.items():
         if not _accepts(value, checkers[name]):
-            raise RemoteProtocolError(f"{kind}.{name} has the wrong type: {value!r}")
+            raise RemoteProtocolError(f"{kind}.{name} has the wrong type: {_shown(value)}")
     try:
         return cls(**obj)
     except TypeError as exc:  # a required field is missing

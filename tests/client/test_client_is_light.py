@@ -25,10 +25,17 @@ def test_a_trainer_that_iterates_loads_none_of_the_daemons_dependencies(
 ) -> None:
     result = subprocess.run(
         [
-            sys.executable, "-c", PROGRAM, fashion_urls["t10k-images-idx3-ubyte"],
-            fashion_urls["t10k-labels-idx1-ubyte"], str(daemon.socket_path), json.dumps(HEAVY),
+            sys.executable,
+            "-c",
+            PROGRAM,
+            fashion_urls["t10k-images-idx3-ubyte"],
+            fashion_urls["t10k-labels-idx1-ubyte"],
+            str(daemon.socket_path),
+            json.dumps(HEAVY),
         ],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from prefetchd_client.errors import PrefetchdError
 from prefetchd_client.settings import default_socket_path
 
 MiB = 1 << 20
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class ConfigError(PrefetchdError):
@@ -109,8 +110,30 @@ def _first(env: Mapping[str, str], names: tuple[str, ...], used: list[str]) -> s
     return None
 
 
-def _truthy(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes", "on")
+def _boolean(value: object) -> bool:
+    """true/false, 1/0, yes/no, on/off; anything else is refused rather than read as false."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("write true or false")
+
+
+def _uids(value: object) -> tuple[int, ...]:
+    if not isinstance(value, list | tuple):
+        raise TypeError("write a list of user ids, e.g. [1001, 1002]")
+    return tuple(int(uid) for uid in value)
+
+
+def _converted(name: str, convert: Callable[[Any], Any], value: Any) -> Any:
+    """`convert(value)`, or a ConfigError that names the setting."""
+    try:
+        return convert(value)
+    except (TypeError, ValueError, ConfigError) as exc:
+        raise ConfigError(f"{name}: {value!r} is not valid ({exc})") from exc
 
 
 def s3_settings_from(env: Mapping[str, str], overrides: Mapping[str, Any]) -> S3Settings:
@@ -167,19 +190,16 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None, 
         if env.get(f"PREFETCHD_{name.upper()}")
     }
     merged: dict[str, Any] = {**from_file, **from_env, **given}
-    values: dict[str, Any] = {}
-    for name, convert in _TUNABLES.items():
-        if name in merged:
-            try:
-                values[name] = convert(merged[name])
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{name}: {merged[name]!r} is not valid ({exc})") from exc
+    values = {name: _converted(name, convert, merged[name]) for name, convert in _TUNABLES.items() if name in merged}
     s3_overrides = {k: merged[k] for k in _S3_KEYS if k in merged}
-    if isinstance(s3_overrides.get("verify_ssl"), str):
-        s3_overrides["verify_ssl"] = _truthy(s3_overrides["verify_ssl"])
-    socket = merged.get("socket_path") or default_socket_path(env, os.getuid())
-    uids = tuple(int(u) for u in merged.get("allowed_uids", ()) or ())
-    config = Config(socket_path=Path(socket), s3=s3_settings_from(env, s3_overrides), allowed_uids=uids, **values)
+    if "verify_ssl" in s3_overrides:
+        s3_overrides["verify_ssl"] = _converted("verify_ssl", _boolean, s3_overrides["verify_ssl"])
+    s3 = s3_settings_from(env, s3_overrides)
+    from_env_s3 = tuple(f"PREFETCHD_{k.upper()}" for k in _S3_KEYS if k in from_env and k not in given)
+    s3 = replace(s3, env_names_used=from_env_s3 + s3.env_names_used)
+    socket = _converted("socket_path", Path, merged.get("socket_path") or default_socket_path(env, os.getuid()))
+    uids = _converted("allowed_uids", _uids, merged.get("allowed_uids") or ())
+    config = Config(socket_path=socket, s3=s3, allowed_uids=uids, **values)
     validate(config)
     return config
 
@@ -195,12 +215,15 @@ def _read_file(path: Path | None) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     table = data.get("prefetchd", data)
+    s3_table = table.get("s3", {})
+    if not isinstance(s3_table, dict):
+        raise ConfigError(f"config file {path}: s3 must be a table ([s3]) of {', '.join(_S3_KEYS)}")
     known = {f.name for f in fields(Config)} | set(_S3_KEYS)
-    unknown = sorted(set(table) - known - {"s3"})
+    unknown = sorted(set(table) - known - {"s3"}) + [f"s3.{k}" for k in sorted(set(s3_table) - set(_S3_KEYS))]
     if unknown:
         raise ConfigError(f"config file {path}: unknown settings {unknown}")
     flat = {k: v for k, v in table.items() if k != "s3"}
-    flat.update(table.get("s3", {}))
+    flat.update(s3_table)
     return flat
 
 
@@ -212,6 +235,8 @@ def validate(config: Config) -> None:
         (config.stream_budget_bytes >= 2 * config.chunk_bytes, "stream_budget_bytes must hold two chunks"),
         (config.max_slots >= 2, "max_slots must be at least 2"),
         (config.decode_threads >= 1, "decode_threads must be at least 1"),
+        (config.exit_when_idle_s is None or config.exit_when_idle_s >= 0, "exit_when_idle_s must not be negative"),
+        (config.log_level.upper() in LOG_LEVELS, f"log_level is one of {', '.join(LOG_LEVELS)}"),
         (
             config.s3.addressing_style in ("auto", "path", "virtual"),
             "addressing_style is auto, path or virtual",

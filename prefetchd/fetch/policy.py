@@ -5,6 +5,7 @@ No clock and no global RNG: callers pass the random source, so every figure here
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -20,6 +21,10 @@ def choose_chunk_bytes(
     """
     even_share = -(-object_bytes // max(1, concurrency))
     size = min(max_chunk_bytes, max(min_chunk_bytes, even_share))
+    # round up, so that `concurrency` ranges still cover the object; down only where up would pass the max
+    rounded_up = -(-size // granule) * granule
+    if rounded_up <= max_chunk_bytes:
+        return rounded_up
     return max(granule, size - size % granule)
 
 
@@ -39,7 +44,10 @@ class RetryPolicy:
         """Delay before retry number `attempt` (1 = the first retry)."""
         if attempt < 1:
             raise ValueError("attempt numbers start at 1")
-        ceiling = min(self.cap_s, self.base_s * (2 ** (attempt - 1)))
+        try:
+            ceiling = min(self.cap_s, math.ldexp(self.base_s, attempt - 1))
+        except OverflowError:  # base × 2ⁿ is past any float, so past the cap
+            ceiling = self.cap_s
         return rng.uniform(0.0, ceiling)
 
     def should_retry(self, attempt: int) -> bool:

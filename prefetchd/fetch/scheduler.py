@@ -2,9 +2,9 @@
 
 The plan (an iterable of `RangeRequest`, in the order the consumer will need them) is issued front to back;
 a request waits while the bytes in flight plus the bytes fetched but not yet released would exceed the
-budget. The consumer awaits `get(key)` and calls `release(key)` when it is done with the buffer. Because
-requests are issued in the order they are needed, the one the consumer waits for is never stuck behind
-the budget.
+budget. The consumer awaits `get(key)` and calls `release(key)` when it is done with the buffer. A consumer
+may hold buffers while it awaits the next (a batch that spans chunks); when it awaits a range not issued yet,
+the budget yields until that range is issued, since what it holds cannot be released before then.
 """
 
 from __future__ import annotations
@@ -73,16 +73,18 @@ class RangeScheduler:
                 self._held_bytes += request.size
                 self._sizes[request.key] = request.size
                 self._issued += 1
-                self._future(request.key)
-                group.create_task(self._fetch(request))
+                group.create_task(self._fetch(request, self._future(request.key)))
 
     async def _wait_for_room(self, size: int) -> None:
-        while self._held_bytes and self._held_bytes + size > self._budget_bytes:
+        while self._held_bytes and self._held_bytes + size > self._budget_bytes and not self._awaiting_unissued():
             self._room.clear()
             await self._room.wait()
 
-    async def _fetch(self, request: RangeRequest) -> None:
-        future = self._future(request.key)
+    def _awaiting_unissued(self) -> bool:
+        """Whether the consumer awaits a range the plan has not reached (waiting for room would deadlock)."""
+        return any(key not in self._sizes for key in self._futures)
+
+    async def _fetch(self, request: RangeRequest, future: asyncio.Future[ByteArray]) -> None:
         started = time.perf_counter()
         self._in_flight += 1
         try:
@@ -103,6 +105,8 @@ class RangeScheduler:
 
     async def get(self, key: int) -> ByteArray:
         """The buffer for `key`, once its read is done (raises that read's error)."""
+        if key not in self._futures:
+            self._room.set()  # the run loop rechecks: a range the consumer awaits is not held back by the budget
         return await asyncio.shield(self._future(key))
 
     def release(self, key: int) -> None:

@@ -2,16 +2,33 @@
 
 There is no name, so nothing can leak or collide: the memory is freed when the daemon and the client have
 both closed their descriptors and mappings, whichever way they die. The size is sealed (no shrink, no
-grow), so a client cannot truncate the segment under the daemon (a SIGBUS, not an exception).
+grow), so a client cannot truncate the segment under the daemon (a SIGBUS, not an exception), and once the
+daemon has mapped it, future writes are sealed too: the fd the client receives maps read-only or not at all.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import mmap
 import os
 
-_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+log = logging.getLogger("prefetchd.ring.segment")
+
+F_SEAL_FUTURE_WRITE = 0x0010  # linux/fcntl.h, Linux 5.1+; Python's fcntl module does not name it
+_SIZE_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+_SEALS = _SIZE_SEALS | F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_SEAL
+
+
+def _seal(fd: int) -> None:
+    try:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        log.warning("this kernel has no F_SEAL_FUTURE_WRITE (Linux < 5.1): clients could map the ring writable")
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SIZE_SEALS | fcntl.F_SEAL_SEAL)
 
 
 class Segment:
@@ -22,8 +39,8 @@ class Segment:
         self.fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(self.fd, size)
-            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, _SEALS)
             self.map = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            _seal(self.fd)  # after our own writable mapping: the future-write seal refuses any later one
         except BaseException:
             os.close(self.fd)
             raise
@@ -35,7 +52,10 @@ class Segment:
         if self._closed:
             return
         self._closed = True
-        self.buffer.release()
+        try:
+            self.buffer.release()
+        except BufferError:
+            pass  # a slice of it is still exported; it goes with its last user
         try:
             self.map.close()
         except BufferError:

@@ -14,9 +14,9 @@ import pytest
 
 os.environ["PREFETCHD_AUTOSTART"] = "0"
 
-from prefetchd.testing.daemon_process import DaemonProcess  # noqa: E402
-from prefetchd.testing.datasets import FILES, fashion_mnist  # noqa: E402
-from prefetchd.testing.embedded_s3 import EmbeddedS3  # noqa: E402
+from prefetchd.testing.daemon_process import DaemonProcess
+from prefetchd.testing.datasets import FILES, fashion_mnist
+from prefetchd.testing.embedded_s3 import EmbeddedS3
 
 BUCKET = "bucket-name"
 PREFIX = "training-data"

@@ -39,8 +39,11 @@ def _drain_mxnet(directory: Path, batch_size: int) -> Callable[[], int]:
     import mxnet as mx
 
     it = mx.io.MNISTIter(
-        image=str(directory / "train-images-idx3-ubyte"), label=str(directory / "train-labels-idx1-ubyte"),
-        batch_size=batch_size, shuffle=False, silent=True,
+        image=str(directory / "train-images-idx3-ubyte"),
+        label=str(directory / "train-labels-idx1-ubyte"),
+        batch_size=batch_size,
+        shuffle=False,
+        silent=True,
     )
 
     def epoch() -> int:
@@ -70,8 +73,10 @@ def run(rounds: int = 5, batch_size: int = 100, say: Callable[[str], None] = pri
             readers: dict[str, Callable[[], int]] = {
                 "mx.io.MNISTIter, local files": _drain_mxnet(directory, batch_size),
                 "prefetchd, local files": _drain_prefetchd(
-                    str(directory / "train-images-idx3-ubyte"), str(directory / "train-labels-idx1-ubyte"),
-                    daemon.socket_path, batch_size,
+                    str(directory / "train-images-idx3-ubyte"),
+                    str(directory / "train-labels-idx1-ubyte"),
+                    daemon.socket_path,
+                    batch_size,
                 ),
                 "prefetchd, s3:// (moto server)": _drain_prefetchd(
                     urls["train-images-idx3-ubyte"], urls["train-labels-idx1-ubyte"], daemon.socket_path, batch_size

@@ -27,6 +27,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
     ResponseStreamingError,
 )
+
 from prefetchd_client.errors import (
     AccessDenied,
     ObjectChanged,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from prefetchd_client.errors import FormatError
 
 MAGIC_PREFIX = b"\x00\x00"

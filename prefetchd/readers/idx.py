@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
 from prefetchd_client.errors import InvalidRequest
 from prefetchd_client.protocol import Open
 

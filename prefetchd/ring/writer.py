@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
 from prefetchd_client.errors import RemoteProtocolError
 from prefetchd_client.layout import (
     RingGeometry,

@@ -12,7 +12,6 @@ import mxnet as mx
 import numpy as np
 
 import prefetchd_client.mxnet_s3  # noqa: F401  the one line that makes s3:// paths work on pip-installed MXNet
-
 from prefetchd.testing.mnist_net import conv_net
 
 

@@ -44,8 +44,11 @@ def _stop(pid: int) -> None:
 
 def _count(socket_path: Path, fashion_dir: Path, *, autostart: bool | None = None) -> int:
     with idx_iter(
-        str(fashion_dir / "t10k-images-idx3-ubyte"), str(fashion_dir / "t10k-labels-idx1-ubyte"), batch_size=500,
-        socket_path=socket_path, autostart=autostart,
+        str(fashion_dir / "t10k-images-idx3-ubyte"),
+        str(fashion_dir / "t10k-labels-idx1-ubyte"),
+        batch_size=500,
+        socket_path=socket_path,
+        autostart=autostart,
     ) as it:
         return sum(len(label) for _, label in it)
 
@@ -79,8 +82,11 @@ def test_two_trainers_starting_at_once_share_one_daemon(socket_path: Path, fashi
     env = {**os.environ, "PREFETCHD_AUTOSTART": "1", "PYTHONPATH": os.getcwd()}
     trainers = [
         subprocess.Popen(
-            [sys.executable, "-c", program, str(socket_path), str(fashion_dir)], stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env=env,
+            [sys.executable, "-c", program, str(socket_path), str(fashion_dir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         for _ in range(2)
     ]

@@ -6,7 +6,7 @@ import json
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import botocore.session
@@ -47,6 +47,12 @@ LABELS = (np.arange(20) % 10).astype(np.uint8)
 
 def _open(daemon: DaemonProcess, image: str, label: str, **options: object) -> BatchIterator:
     return idx_iter(image, label, batch_size=options.pop("batch_size", 5), socket_path=daemon.socket_path, **options)  # type: ignore[arg-type]
+
+
+def _drain_epochs(it: BatchIterator, epochs: int, check: Callable[[np.ndarray], bool] = lambda _: True) -> None:
+    for _ in range(epochs):
+        for data, _label in it:
+            assert check(data), "bytes of another object version leaked into the stream"
 
 
 def _assert_still_serving(daemon: DaemonProcess, objects: Objects) -> None:
@@ -145,9 +151,7 @@ def test_object_overwritten_mid_stream_fails_the_epoch_not_mixes_it(daemon: Daem
         next(it)
         objects.put("images", idx_bytes(images + 1))  # same size, new ETag
         with pytest.raises(ObjectChanged, match=re.escape(image) + r" was overwritten after the stream opened it"):
-            for _ in range(3):  # epoch 0 was fetched before the overwrite; epoch 1 refetches
-                for data, _label in it:
-                    assert not data.any(), "bytes of the new version leaked into the stream"
+            _drain_epochs(it, 3, check=lambda data: not data.any())  # epoch 1 refetches after the overwrite
 
 
 def test_daemon_not_running_fails_at_once(tmp_path: Path) -> None:
@@ -241,6 +245,5 @@ def test_a_frame_we_got_wrong_comes_back_as_our_own_fault(daemon: DaemonProcess,
         next(it)
         it._conn.send(Release(999, 1))  # a slot the ring does not have
         with pytest.raises(LocalProtocolError, match="Release names slot 999"):
-            for _ in range(10):  # the error arrives after the batches already on their way
-                list(it)
+            _drain_epochs(it, 10)  # the error arrives after the batches already on their way
     _assert_still_serving(daemon, objects)

@@ -25,7 +25,7 @@ def test_killed_daemon_is_a_clear_error_in_the_trainer_within_two_seconds(
     next(it)
     fresh_daemon.stop(signal.SIGKILL)
     started = time.monotonic()
-    with pytest.raises(DaemonUnavailable, match="closed the connection|went away|reset the connection"):
+    with pytest.raises(DaemonUnavailable, match=r"closed the connection|went away|reset the connection"):
         for _ in it:  # batches already in the ring may still come; then the EOF
             pass
     assert time.monotonic() - started < 2.0

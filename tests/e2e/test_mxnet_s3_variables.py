@@ -17,11 +17,13 @@ def test_daemon_reads_s3_with_only_mxnets_variables(s3_server: EmbeddedS3, fashi
         "S3_REGION": "eu-west-1",
         "S3_IS_AWS": "0",
         "S3_VERIFY_SSL": "0",
-        **{name: "" for name in AWS_NAMES},
+        **dict.fromkeys(AWS_NAMES, ""),
     }
     with DaemonProcess(env=env) as daemon:
         with idx_iter(
-            fashion_urls["t10k-images-idx3-ubyte"], fashion_urls["t10k-labels-idx1-ubyte"], batch_size=1000,
+            fashion_urls["t10k-images-idx3-ubyte"],
+            fashion_urls["t10k-labels-idx1-ubyte"],
+            batch_size=1000,
             socket_path=daemon.socket_path,
         ) as it:
             assert sum(len(label) for _, label in it) == 10_000

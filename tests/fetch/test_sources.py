@@ -22,8 +22,11 @@ PAYLOAD = bytes(range(256)) * 4099  # ~1 MiB, not a multiple of any chunk size
 
 def _settings(server: EmbeddedS3) -> S3Settings:
     return S3Settings(
-        endpoint_url=server.endpoint_url, region="us-east-1", addressing_style="path",
-        access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"], secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        endpoint_url=server.endpoint_url,
+        region="us-east-1",
+        addressing_style="path",
+        access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
     )
 
 

@@ -7,8 +7,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
+# A second environment with numpy 2 and no MXNet: the client and the daemon must run there too.
+VENV2 ?= .venv-numpy2
+STAMP2 := $(VENV2)/.installed
 
-.PHONY: demo test lint typecheck pytest bench lock clean
+.PHONY: demo test lint typecheck pytest pytest-numpy2 bench lock clean
 
 $(STAMP): requirements/lock.txt pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +20,19 @@ $(STAMP): requirements/lock.txt pyproject.toml client/pyproject.toml
 	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps -e ./client -e .
 	touch $(STAMP)
 
+$(STAMP2): requirements/lock-numpy2.txt pyproject.toml client/pyproject.toml
+	$(PYTHON) -m venv $(VENV2)
+	$(VENV2)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(VENV2)/bin/uv pip sync --quiet --python $(VENV2)/bin/python requirements/lock-numpy2.txt
+	$(VENV2)/bin/uv pip install --quiet --python $(VENV2)/bin/python --no-deps -e ./client -e .
+	touch $(STAMP2)
+
 venv: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m prefetchd demo
 
-test: lint typecheck pytest
+test: lint typecheck pytest pytest-numpy2
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check prefetchd client tests
@@ -34,12 +44,19 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Everything that does not need MXNet, again on numpy 2 (tests that need MXNet carry the mxnet mark;
+# these modules import it at the top, so they are not even collected there).
+MXNET_MODULES := tests/e2e/test_mnist_iter.py tests/e2e/test_training.py
+pytest-numpy2: $(STAMP2)
+	$(VENV2)/bin/python -m pytest -m "not mxnet" $(MXNET_MODULES:%=--ignore=%) $(PYTEST_ARGS)
+
 bench: $(STAMP)
 	$(PY) -m prefetchd bench
 
 # Re-pin every dependency (needs the registry); commit requirements/lock.txt afterwards.
 lock: $(STAMP)
 	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 --no-header requirements/dev.in -o requirements/lock.txt
+	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 --no-header requirements/numpy2.in -o requirements/lock-numpy2.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV2) .pytest_cache .mypy_cache .ruff_cache

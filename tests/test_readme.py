@@ -20,7 +20,13 @@ def test_the_readme_has_examples() -> None:
     assert len(EXAMPLES) >= 3
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[f"example-{i}" for i in range(len(EXAMPLES))])
+CASES = [
+    pytest.param(example, id=f"example-{i}", marks=[pytest.mark.mxnet] if "import mxnet" in example else [])
+    for i, example in enumerate(EXAMPLES)
+]
+
+
+@pytest.mark.parametrize("example", CASES)
 def test_readme_example_runs(example: str, daemon: DaemonProcess, fashion_urls: dict[str, str]) -> None:
     assert "s3://bucket-name/training-data/" in example
     result = subprocess.run(

@@ -70,6 +70,18 @@ class FormatError(PrefetchdError):
     code = "format_error"
 
 
+class CorruptRecord(FormatError):
+    """A RecordIO record is malformed: bad magic, truncated, or its parts do not join."""
+
+    code = "corrupt_record"
+
+
+class UndecodableImage(FormatError):
+    """A record's image bytes are not an image the decoder can read (or are too small for the crop)."""
+
+    code = "undecodable_image"
+
+
 class InvalidRequest(PrefetchdError):
     """The stream's arguments cannot be served (bad batch size, unknown format, unsupported URL scheme...)."""
 

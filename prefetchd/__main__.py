@@ -2,4 +2,5 @@
 
 from .cli import main
 
-main()
+if __name__ == "__main__":  # decode workers are spawned: they import this module as __mp_main__
+    main()

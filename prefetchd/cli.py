@@ -60,6 +60,11 @@ def main() -> None:
 @click.option("--ring-size", "ring_bytes", help="Target shared memory per stream [default: 64MiB]")
 @click.option("--decode-threads", type=click.IntRange(min=1), help="Threads for large decodes [default: 2]")
 @click.option(
+    "--decode-processes",
+    type=click.IntRange(min=1),
+    help="Worker processes that decode images (RecordIO) [default: the cores this process may use]",
+)
+@click.option(
     "--exit-when-idle",
     "exit_when_idle_s",
     type=click.FloatRange(min=0),

@@ -55,6 +55,7 @@ class Config:
     ring_bytes: int = 64 * MiB  # target size of one stream's ring
     max_slots: int = 64
     decode_threads: int = 2
+    decode_processes: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))  # image decode workers
     exit_when_idle_s: float | None = None
     log_level: str = "INFO"
     allowed_uids: tuple[int, ...] = ()  # besides the daemon's own uid
@@ -94,6 +95,7 @@ _TUNABLES: dict[str, Any] = {
     "ring_bytes": parse_bytes,
     "max_slots": int,
     "decode_threads": int,
+    "decode_processes": int,
     "exit_when_idle_s": float,
     "log_level": str,
 }
@@ -235,6 +237,7 @@ def validate(config: Config) -> None:
         (config.stream_budget_bytes >= 2 * config.chunk_bytes, "stream_budget_bytes must hold two chunks"),
         (config.max_slots >= 2, "max_slots must be at least 2"),
         (config.decode_threads >= 1, "decode_threads must be at least 1"),
+        (config.decode_processes >= 1, "decode_processes must be at least 1"),
         (config.exit_when_idle_s is None or config.exit_when_idle_s >= 0, "exit_when_idle_s must not be negative"),
         (config.log_level.upper() in LOG_LEVELS, f"log_level is one of {', '.join(LOG_LEVELS)}"),
         (

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 
 from .config import Config
+from .decode.pool import DecodePool
 from .fetch.router import SourceRouter
 from .serve.control import ControlServer
 from .serve.listener import Listener
@@ -48,7 +49,9 @@ class Daemon:
             executor = stack.enter_context(
                 ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="prefetchd-decode")
             )
-            self.server = ControlServer(self.config, router, executor)
+            pool = DecodePool(self.config.decode_processes)  # processes start with the first image stream
+            stack.push_async_callback(pool.close)
+            self.server = ControlServer(self.config, router, executor, pool)
             self.server.on_idle = self._arm_idle_timer
             self.server.on_busy = self._disarm_idle_timer
             assert listener.sock is not None

@@ -19,6 +19,7 @@ from .autostart import connect
 from .errors import (
     AccessDenied,
     BatchTimeout,
+    CorruptRecord,
     DaemonUnavailable,
     FormatError,
     InvalidRequest,
@@ -31,18 +32,21 @@ from .errors import (
     SourceError,
     SourceUnavailable,
     StreamClosed,
+    UndecodableImage,
 )
-from .iterator import Batch, BatchIterator, idx_iter
+from .iterator import Batch, BatchIterator, idx_iter, recordio_iter
 
-_MXNET_ADAPTERS = ("MNISTIter",)
+_MXNET_ADAPTERS = ("ImageRecordIter", "MNISTIter")
 
 __all__ = [
     "AccessDenied",
     "Batch",
     "BatchIterator",
     "BatchTimeout",
+    "CorruptRecord",
     "DaemonUnavailable",
     "FormatError",
+    "ImageRecordIter",
     "InvalidRequest",
     "LocalProtocolError",
     "MNISTIter",
@@ -54,9 +58,11 @@ __all__ = [
     "SourceError",
     "SourceUnavailable",
     "StreamClosed",
+    "UndecodableImage",
     "__version__",
     "connect",
     "idx_iter",
+    "recordio_iter",
 ]
 
 

@@ -94,14 +94,14 @@ class Connection:
             raise DaemonUnavailable(f"the prefetchd daemon at {self.path} stopped reading") from exc
 
     def receive(self, *, timeout_s: float | None, waiting_for: str = "a message") -> Message:
-        """The next message. `Error` frames are raised as the error class they name."""
+        """The next message. Fatal `Error` frames are raised as the error class they name; others are returned."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             message = self._reader.next_message()
             if message is PEER_CLOSED:
                 raise DaemonUnavailable(f"the prefetchd daemon at {self.path} closed the connection")
             if not isinstance(message, Sentinel):
-                if isinstance(message, Error):
+                if isinstance(message, Error) and message.fatal:
                     raise error_from_wire(
                         {
                             "code": message.code,

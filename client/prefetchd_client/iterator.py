@@ -7,6 +7,7 @@ is in flight and starts the next epoch, as MXNet's `DataIter.reset()` does.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -17,12 +18,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .autostart import connect
-from .errors import PrefetchdError, RemoteProtocolError, StreamClosed
+from .errors import PrefetchdError, RemoteProtocolError, StreamClosed, error_from_wire
 from .protocol import Batch as BatchFrame
-from .protocol import Close, EndOfEpoch, Open, Opened, Release, Seek
+from .protocol import Close, EndOfEpoch, Error, Open, Opened, Release, Seek
 from .ring import RingReader
 
 DEFAULT_TIMEOUT_S = 120.0
+log = logging.getLogger("prefetchd_client")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,7 @@ class BatchIterator:
         self._held: int | None = None
         self._held_fill = 0
         self._broken: PrefetchdError | None = None
+        self.skipped: list[PrefetchdError] = []  # records the daemon skipped (skip mode), in the order told
         self._closed = False
         self._stats = {"batches": 0, "epochs": 0, "stale": 0}
         self._wait_s = 0.0
@@ -171,6 +174,13 @@ class BatchIterator:
                 self._epoch_done = True
                 self._stats["epochs"] += 1
                 raise StopIteration
+            if isinstance(message, Error):  # not fatal: a record the daemon skipped (skip mode)
+                skipped = error_from_wire(
+                    {"code": message.code, "message": message.message, "url": message.url, "offset": message.offset}
+                )
+                self.skipped.append(skipped)
+                log.warning("skipped a record: %s", skipped)
+                continue
             raise RemoteProtocolError(f"unexpected {message.TYPE} frame in the middle of a stream")
 
     def _release_held(self) -> None:
@@ -275,5 +285,71 @@ def idx_iter(
         last_batch=last_batch,
         prefetch=prefetch,
         decode={"flat": flat, "dtype": dtype},
+    )
+    return BatchIterator(request, socket_path=socket_path, timeout_s=timeout_s, autostart=autostart)
+
+
+def recordio_iter(
+    rec: str,
+    idx: str | None = None,
+    *,
+    batch_size: int,
+    data_shape: tuple[int, int, int],
+    label_width: int = 1,
+    shuffle: bool = False,
+    seed: int = 0,
+    reshuffle: bool = True,
+    resize: int = -1,
+    rand_crop: bool = False,
+    rand_mirror: bool = False,
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    scale: float = 1.0,
+    dtype: str = "float32",
+    num_parts: int = 1,
+    part_index: int = 0,
+    last_batch: str = "pad",
+    preprocess_threads: int = 0,
+    skip_bad: bool = False,
+    prefetch: int = 4,
+    epoch: int = 0,
+    socket_path: str | os.PathLike[str] | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    autostart: bool | None = None,
+) -> BatchIterator:
+    """Batches of decoded images from a RecordIO file (`.rec`, and its `.idx` if there is one), CHW.
+
+    Preprocessing is `mx.io.ImageRecordIter`'s: `resize` the shorter side, crop to `data_shape` (centre, or
+    random with `rand_crop`), `rand_mirror`, then `(pixel - mean) / std * scale` per channel (r, g, b).
+    `preprocess_threads` caps the daemon's decode workers used per batch (0: all of them). With
+    `skip_bad=True` an undecodable or corrupt record is dropped from its batch (counted in `Batch.pad`,
+    listed in `BatchIterator.skipped`) instead of ending the stream with an error naming its offset.
+    """
+    sources = {"rec": rec} if idx is None else {"rec": rec, "idx": idx}
+    request = Open(
+        format="recordio",
+        sources=sources,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        reshuffle=reshuffle,
+        seed=seed,
+        num_parts=num_parts,
+        part_index=part_index,
+        epoch=epoch,
+        last_batch=last_batch,
+        prefetch=prefetch,
+        decode={
+            "data_shape": [int(v) for v in data_shape],
+            "resize": int(resize),
+            "rand_crop": bool(rand_crop),
+            "rand_mirror": bool(rand_mirror),
+            "mean": [float(v) for v in mean],
+            "std": [float(v) for v in std],
+            "scale": float(scale),
+            "dtype": dtype,
+            "label_width": int(label_width),
+            "preprocess_threads": int(preprocess_threads),
+            "skip_bad": bool(skip_bad),
+        },
     )
     return BatchIterator(request, socket_path=socket_path, timeout_s=timeout_s, autostart=autostart)

@@ -15,11 +15,12 @@ from typing import Any
 
 import mxnet as mx
 
-from .adapters.mxnet import MNISTIter
+from .adapters.mxnet import ImageRecordIter, MNISTIter
 
 # constructor name → (its drop-in, the arguments that hold paths)
 ROUTES: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
     "MNISTIter": (MNISTIter, ("image", "label")),
+    "ImageRecordIter": (ImageRecordIter, ("path_imgrec", "path_imgidx")),
 }
 _MODULES = (mx.io, mx.io.io)
 

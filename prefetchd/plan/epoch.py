@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 
 from .shuffle import windowed_permutation
 
-LAST_BATCH_MODES = ("discard", "pad", "keep")
+LAST_BATCH_MODES = ("discard", "pad", "keep", "round")
 
 
 def partition(count: int, num_parts: int, part_index: int) -> range:
@@ -44,6 +44,7 @@ class EpochPlan:
     order: NDArray[np.int64]  # absolute record numbers in visiting order
     batch_size: int
     last_batch: str
+    pad_source: NDArray[np.int64] | None = None  # where "round" pads come from: the next epoch's order
 
     @property
     def batch_count(self) -> int:
@@ -57,10 +58,11 @@ class EpochPlan:
         records = self.order[start:stop]
         valid = len(records)
         pad = 0
-        if valid < self.batch_size and self.last_batch == "pad":
-            # as MXNet's round_batch: wrap around to the start of the epoch's order
+        if valid < self.batch_size and self.last_batch in ("pad", "round"):
+            # "pad": wrap around to the start of this epoch's order; "round": borrow the next epoch's first records
             pad = self.batch_size - valid
-            records = np.concatenate([records, np.resize(self.order, pad)])
+            source = self.order if self.pad_source is None else self.pad_source
+            records = np.concatenate([records, np.resize(source, pad)])
         return BatchSpec(seq, records, valid, pad)
 
 
@@ -81,13 +83,36 @@ def plan_epoch(
     last_batch: str,
     window: int,
 ) -> EpochPlan:
-    """Plan epoch `epoch`. With `reshuffle=False` every epoch uses epoch 0's permutation (MXNet's MNISTIter)."""
+    """Plan epoch `epoch`. With `reshuffle=False` every epoch uses epoch 0's permutation (MXNet's MNISTIter).
+
+    "round" is MXNet's ImageRecordIter with round_batch=1: the records are one stream of epochs; a final
+    partial batch is completed with the next epoch's first records, and that epoch starts after them.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     if last_batch not in LAST_BATCH_MODES:
         raise ValueError(f"last_batch must be one of {LAST_BATCH_MODES}, not {last_batch!r}")
-    records = np.arange(part.start, part.stop, dtype=np.int64)
-    if shuffle and len(records) > 1:
-        order_epoch = epoch if reshuffle else 0
-        records = records[windowed_permutation(len(records), window, seed=seed, epoch=order_epoch)]
-    return EpochPlan(epoch, records, batch_size, last_batch)
+
+    def order(k: int) -> NDArray[np.int64]:
+        records = np.arange(part.start, part.stop, dtype=np.int64)
+        if shuffle and len(records) > 1:
+            records = records[windowed_permutation(len(records), window, seed=seed, epoch=k if reshuffle else 0)]
+        return records
+
+    if last_batch != "round" or not len(part):
+        return EpochPlan(epoch, order(epoch), batch_size, last_batch)
+    start = round_start(len(part), batch_size, epoch)
+    this = order(epoch)[start:]
+    pad = -len(this) % batch_size
+    return EpochPlan(epoch, this, batch_size, last_batch, order(epoch + 1)[:pad] if pad else None)
+
+
+def round_start(samples: int, batch_size: int, epoch: int) -> int:
+    """Where epoch `epoch` starts in its own order in "round" mode: after the records the previous one borrowed."""
+    start = 0
+    for _ in range(epoch):
+        start = -(samples - start) % batch_size if start < samples else 0
+        start = min(start, samples)  # a batch larger than the partition borrows it whole; the next starts afresh
+        if start == samples:
+            start = 0
+    return start

@@ -16,8 +16,11 @@ from typing import Any, Protocol, TypeVar
 
 from numpy.typing import NDArray
 
+from prefetchd_client.errors import PrefetchdError
+
 from ..fetch.source import ObjectInfo
 from ..plan.epoch import BatchSpec, EpochPlan
+from ..ring.segment import Segment
 
 T = TypeVar("T")
 
@@ -35,14 +38,29 @@ class ReaderShape:
     objects: dict[str, ObjectInfo]
 
 
+@dataclass(frozen=True, slots=True)
+class FillResult:
+    """A batch that came out other than planned: records were skipped (skip mode) and show up as padding."""
+
+    valid: int
+    pad: int
+    skipped: list[PrefetchdError]
+
+
 class EpochFill(Protocol):
     """One epoch in progress: fills slots in batch order while its ranges are fetched ahead."""
 
-    async def fill(self, spec: BatchSpec, out: dict[str, NDArray[Any]]) -> None: ...
+    async def fill(self, spec: BatchSpec, out: dict[str, NDArray[Any]]) -> FillResult | None: ...
 
 
 class Reader(Protocol):
     shape: ReaderShape
+
+    async def attach(self, segment_id: int, segment: Segment) -> None:
+        """Called once the stream's ring exists, before it is sealed and sent."""
+
+    def detach(self) -> None:
+        """Called when the stream ends."""
 
     def plan(self, epoch: int) -> EpochPlan: ...
 

@@ -30,6 +30,7 @@ from ..fetch.scheduler import RangeRequest, RangeScheduler
 from ..fetch.source import ObjectInfo
 from ..formats import idx
 from ..plan.epoch import LAST_BATCH_MODES, BatchSpec, EpochPlan, partition, plan_epoch
+from ..ring.segment import Segment
 from .base import ReaderShape, run_to_completion
 
 OUTPUT_DTYPES = ("float32", "float16", "float64")
@@ -169,6 +170,12 @@ class IdxReader:
             config=config,
             executor=executor,
         )
+
+    async def attach(self, segment_id: int, segment: Segment) -> None:
+        """Nothing to do: IDX batches are decoded in the daemon's own threads."""
+
+    def detach(self) -> None:
+        """Nothing to release."""
 
     def _arrays(self) -> list[tuple[str, str, tuple[int, ...]]]:
         batch = self.request.batch_size

@@ -34,18 +34,23 @@ def _seal(fd: int) -> None:
 class Segment:
     """A sealed memfd of `size` bytes and the daemon's read-write mapping of it."""
 
-    def __init__(self, name: str, size: int) -> None:
+    def __init__(self, name: str, size: int, *, seal: bool = True) -> None:
         self.size = size
         self.fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(self.fd, size)
             self.map = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-            _seal(self.fd)  # after our own writable mapping: the future-write seal refuses any later one
+            if seal:
+                _seal(self.fd)  # after our own writable mapping: the future-write seal refuses any later one
         except BaseException:
             os.close(self.fd)
             raise
         self.buffer = memoryview(self.map)
         self._closed = False
+
+    def seal(self) -> None:
+        """Seal a segment made with `seal=False`, once every writer (decode workers) has mapped it."""
+        _seal(self.fd)
 
     def close(self) -> None:
         """Drop the daemon's hold; the memory goes when the client lets go too."""

@@ -27,9 +27,11 @@ from prefetchd_client.protocol import PROTOCOL_VERSION, Error, Hello, Message, O
 
 from .. import __version__
 from ..config import Config
+from ..decode.pool import DecodePool
 from ..fetch.router import SourceRouter
 from ..readers.base import Reader
 from ..readers.idx import IdxReader
+from ..readers.recordio import RecordIOReader
 from ..ring.segment import Segment
 from ..ring.writer import RingWriter
 from .peer import PeerConnection, PeerGone
@@ -44,10 +46,11 @@ OPEN_TIMEOUT_S = 60.0
 class ControlServer:
     """Serves every connection of one daemon; `streams` is what `prefetchd status` reports."""
 
-    def __init__(self, config: Config, router: SourceRouter, executor: Executor) -> None:
+    def __init__(self, config: Config, router: SourceRouter, executor: Executor, pool: DecodePool) -> None:
         self.config = config
         self.router = router
         self.executor = executor
+        self.pool = pool
         self.streams: dict[int, Stream] = {}
         self.connections = 0
         self._ids = itertools.count(1)
@@ -97,21 +100,23 @@ class ControlServer:
             return
         if not isinstance(request, Open):
             raise RemoteProtocolError(f"expected an open frame after the handshake, got {request.TYPE}")
-        reader = await open_reader(request, self.router, self.config, self.executor)
+        reader = await open_reader(request, self.router, self.config, self.executor, self.pool)
         shape = reader.shape
         if shape.batches_per_epoch == 0:
             raise InvalidRequest(
                 f"the partition holds {shape.samples_per_epoch} samples, not one whole batch of "
-                f"{request.batch_size}; use a smaller batch_size or last_batch='keep' or 'pad'"
+                f"{request.batch_size}; use a smaller batch_size or last_batch='keep', 'pad' or 'round'"
             )
         stream_id = next(self._ids)
         geometry = layout.RingGeometry.build(2, shape.arrays)
         slots = max(request.prefetch + 2, min(self.config.max_slots, self.config.ring_bytes // geometry.slot_bytes))
         geometry = layout.RingGeometry.build(slots, shape.arrays)
-        ring = RingWriter(Segment(f"prefetchd-stream-{stream_id}", geometry.segment_bytes), geometry)
+        ring = RingWriter(Segment(f"prefetchd-stream-{stream_id}", geometry.segment_bytes, seal=False), geometry)
         stream = Stream(stream_id, peer, reader, ring, request)
         self.streams[stream_id] = stream
         try:
+            await reader.attach(stream_id, ring.segment)
+            ring.segment.seal()  # the client's fd must never map it writable
             opened = Opened(
                 stream_id,
                 geometry.segment_bytes,
@@ -133,6 +138,7 @@ class ControlServer:
             await stream.run()
         finally:
             del self.streams[stream_id]
+            reader.detach()
             ring.close()
             log.info("stream %d closed", stream_id)
 
@@ -182,8 +188,12 @@ def _first_error(exc: Exception) -> PrefetchdError:
     return DaemonError(f"internal daemon error: {type(exc).__name__}: {exc}; the daemon log has the traceback")
 
 
-async def open_reader(request: Open, router: SourceRouter, config: Config, executor: Executor) -> Reader:
+async def open_reader(
+    request: Open, router: SourceRouter, config: Config, executor: Executor, pool: DecodePool
+) -> Reader:
     """The reader for the request's format."""
     if request.format == "idx":
         return await IdxReader.open(request, router=router, config=config, executor=executor)
-    raise InvalidRequest(f"unknown format {request.format!r} (this daemon serves: idx)")
+    if request.format == "recordio":
+        return await RecordIOReader.open(request, router=router, config=config, executor=executor, pool=pool)
+    raise InvalidRequest(f"unknown format {request.format!r} (this daemon serves: idx, recordio)")

@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from prefetchd_client.errors import RemoteProtocolError
-from prefetchd_client.protocol import Batch, Close, EndOfEpoch, Open, Release, Seek
+from prefetchd_client.errors import PrefetchdError, RemoteProtocolError
+from prefetchd_client.protocol import Batch, Close, EndOfEpoch, Error, Open, Release, Seek
 
 from ..readers.base import Reader
 from ..ring.writer import RingWriter
@@ -44,6 +44,7 @@ class Stream:
         self._epoch = request.epoch
         self._batches_sent = 0
         self._seeks = 0
+        self._skipped = 0
         self._producers: list[asyncio.Task[None]] = []
 
     async def run(self) -> None:
@@ -91,15 +92,25 @@ class Stream:
                     spec = plan.batch(seq)
                     slot = await self.ring.acquire()
                     try:
-                        await filling.fill(spec, self.ring.arrays(slot))
+                        result = await filling.fill(spec, self.ring.arrays(slot))
                     except BaseException:
                         self.ring.abort(slot)
                         raise
-                    fill = self.ring.publish(slot, epoch=epoch, seq=seq, valid=spec.valid, pad=spec.pad)
+                    valid, pad = (spec.valid, spec.pad) if result is None else (result.valid, result.pad)
+                    fill = self.ring.publish(slot, epoch=epoch, seq=seq, valid=valid, pad=pad)
+                    if result is not None:
+                        await self._report_skipped(result.skipped)
                     await self.peer.send(Batch(slot, fill, epoch, seq))
                     self._batches_sent += 1
             await self.peer.send(EndOfEpoch(epoch, plan.batch_count))
             epoch, batch = epoch + 1, 0
+
+    async def _report_skipped(self, skipped: list[PrefetchdError]) -> None:
+        """Skip mode: each skipped record is logged here and told to the client, which counts it."""
+        for error in skipped:
+            self._skipped += 1
+            log.warning("stream %d skipped a record: %s", self.id, error)
+            await self.peer.send(Error(error.code, error.message, error.url, error.offset, fatal=False))
 
     def statistics(self) -> StreamStatistics:
         ring = self.ring.statistics()

@@ -23,7 +23,7 @@ import mxnet as mx
 import numpy as np
 from numpy.typing import NDArray
 
-from ..iterator import DEFAULT_TIMEOUT_S, Batch, BatchIterator, idx_iter
+from ..iterator import DEFAULT_TIMEOUT_S, Batch, BatchIterator, idx_iter, recordio_iter
 
 log = logging.getLogger("prefetchd_client")
 
@@ -159,3 +159,119 @@ class MNISTIter(StreamDataIter):
             log_like_mxnet(
                 f"MNISTIter: load {stream.samples_per_epoch} images, shuffle={int(bool(shuffle))}, shape={shown}"
             )
+
+
+# ImageRecordIter arguments that change pixels and that this drop-in does not implement: refused when set,
+# never silently ignored (a model trained without the augmentation it asked for fails quietly).
+_UNSUPPORTED_AUGMENTATION = {
+    "max_rotate_angle": 0,
+    "max_aspect_ratio": 0.0,
+    "max_shear_ratio": 0.0,
+    "max_crop_size": -1,
+    "min_crop_size": -1,
+    "max_random_scale": 1.0,
+    "min_random_scale": 1.0,
+    "max_img_size": 1e10,
+    "min_img_size": 0.0,
+    "random_h": 0,
+    "random_s": 0,
+    "random_l": 0,
+    "rotate": -1,
+    "fill_value": 255,
+    "pad": 0,
+    "brightness": 0.0,
+    "contrast": 0.0,
+    "saturation": 0.0,
+    "pca_noise": 0.0,
+    "random_resized_crop": False,
+    "max_random_area": 1.0,
+    "min_random_area": 1.0,
+    "mean_img": "",
+    "path_imglist": "",
+    "mean_a": 0.0,
+    "std_a": 1.0,
+}
+
+
+class ImageRecordIter(StreamDataIter):
+    """`mx.io.ImageRecordIter` with the same arguments and batches, reading `s3://` (or local) RecordIO."""
+
+    def __init__(
+        self,
+        path_imgrec: str = "",
+        data_shape: tuple[int, int, int] | None = None,
+        batch_size: int = 1,
+        path_imgidx: str = "",
+        label_width: int = 1,
+        shuffle: bool = False,
+        seed: int = 0,
+        shuffle_chunk_size: int = 64,
+        resize: int = -1,
+        rand_crop: bool = False,
+        rand_mirror: bool = False,
+        mean_r: float = 0.0,
+        mean_g: float = 0.0,
+        mean_b: float = 0.0,
+        std_r: float = 1.0,
+        std_g: float = 1.0,
+        std_b: float = 1.0,
+        scale: float = 1.0,
+        round_batch: bool = True,
+        num_parts: int = 1,
+        part_index: int = 0,
+        preprocess_threads: int = 4,
+        prefetch_buffer: int = 4,
+        dtype: str | None = None,
+        data_name: str = "data",
+        label_name: str = "softmax_label",
+        inter_method: int = 1,
+        verbose: bool = True,
+        *,
+        skip_bad: bool = False,
+        socket_path: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        **others: Any,
+    ) -> None:
+        if not path_imgrec:
+            raise ValueError("ImageRecordIter needs path_imgrec")
+        if data_shape is None or len(tuple(data_shape)) != 3:
+            raise ValueError(f"ImageRecordIter needs data_shape=(channels, height, width), not {data_shape!r}")
+        refused = sorted(k for k, default in _UNSUPPORTED_AUGMENTATION.items() if k in others and others[k] != default)
+        if refused:
+            raise ValueError(
+                f"ImageRecordIter through prefetchd does not implement {refused}; "
+                "read the local file with mx.io.ImageRecordIter, or augment in the training loop"
+            )
+        ignored = sorted(set(others) - set(_UNSUPPORTED_AUGMENTATION))
+        if ignored:
+            log.debug("ImageRecordIter: ignoring arguments MXNet would ignore too: %s", ignored)
+        log.debug(
+            "ImageRecordIter: shuffle_chunk_size=%s has no effect: records are fetched by range", shuffle_chunk_size
+        )
+        stream = recordio_iter(
+            path_imgrec,
+            path_imgidx or None,
+            batch_size=int(batch_size),
+            data_shape=tuple(int(v) for v in data_shape),  # type: ignore[arg-type]
+            label_width=int(label_width),
+            shuffle=bool(shuffle),
+            seed=int(seed),
+            resize=int(resize),
+            rand_crop=bool(rand_crop),
+            rand_mirror=bool(rand_mirror),
+            mean=(float(mean_r), float(mean_g), float(mean_b)),
+            std=(float(std_r), float(std_g), float(std_b)),
+            scale=float(scale),
+            dtype=dtype or "float32",
+            num_parts=int(num_parts),
+            part_index=int(part_index),
+            last_batch="round" if round_batch else "pad",
+            preprocess_threads=int(preprocess_threads),
+            skip_bad=skip_bad,
+            prefetch=int(prefetch_buffer),
+            socket_path=socket_path,
+            timeout_s=timeout_s,
+        )
+        super().__init__(stream, data_name=data_name, label_name=label_name)
+        if verbose:
+            log_like_mxnet(f"ImageRecordIOParser2: {path_imgrec}, use {preprocess_threads} threads for decoding..")

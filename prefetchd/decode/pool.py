@@ -1,0 +1,218 @@
+"""The daemon's decode worker processes, driven from the event loop without blocking it.
+
+Each worker is a spawned process with a duplex pipe. The loop learns of replies through `add_reader` on
+the pipe, so no thread waits on a worker. A ring is mapped into the workers before it is sealed (after the
+seal nobody can map it writable), so each stream keeps the list of workers that hold its mapping; a worker
+that dies fails its jobs with a clear error and is replaced for later streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import os
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from prefetchd_client.errors import DaemonError
+
+from ..ring.segment import Segment
+from . import worker
+from .worker import DecodeJob, Failure
+
+log = logging.getLogger("prefetchd.decode")
+
+_START_TIMEOUT_S = 60.0
+
+
+class WorkerDied(DaemonError):
+    """A decode worker process exited while it held jobs (killed, out of memory, a crash in a decoder)."""
+
+
+@dataclass(eq=False)
+class Worker:
+    number: int
+    process: BaseProcess
+    conn: Connection
+    pending: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
+    alive: bool = True
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        if not self.alive:
+            raise WorkerDied(f"decode worker {self.number} (pid {self.process.pid}) is gone")
+        self.conn.send(message)  # a few hundred bytes: the pipe's buffer takes it without blocking
+
+
+class DecodePool:
+    """`processes` decode workers, started on first use."""
+
+    def __init__(self, processes: int) -> None:
+        if processes < 1:
+            raise ValueError("a decode pool needs at least one process")
+        self.processes = processes
+        self._workers: list[Worker] = []
+        self._numbers = itertools.count()
+        self._requests = itertools.count()
+        self._starting: asyncio.Lock | None = None
+        self._closed = False
+
+    async def workers(self) -> list[Worker]:
+        """The live workers, starting or replacing processes as needed."""
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            self._workers = [w for w in self._workers if w.alive]
+            missing = self.processes - len(self._workers)
+            if missing > 0:
+                started = await asyncio.gather(*(self._start() for _ in range(missing)))
+                self._workers.extend(started)
+            return list(self._workers)
+
+    async def _start(self) -> Worker:
+        loop = asyncio.get_running_loop()
+        context = multiprocessing.get_context("spawn")  # never fork a process that runs an event loop
+        ours, theirs = context.Pipe(duplex=True)
+        process = context.Process(target=worker.serve, args=(theirs,), name="prefetchd-decode", daemon=True)
+        await loop.run_in_executor(None, process.start)  # fork+exec: keep it off the loop
+        theirs.close()
+        member = Worker(next(self._numbers), process, ours)
+        loop.add_reader(ours.fileno(), self._on_readable, member)
+        await asyncio.wait_for(self._ask(member, "ping"), _START_TIMEOUT_S)
+        log.info("decode worker %d started (pid %s)", member.number, process.pid)
+        return member
+
+    async def _ask(self, member: Worker, kind: str, *args: Any) -> Any:
+        request = next(self._requests)
+        future = asyncio.get_running_loop().create_future()
+        member.pending[request] = future
+        try:
+            member.send((kind, request, *args) if kind == "ping" else (kind, *args))
+            return await future
+        finally:
+            member.pending.pop(request, None)
+
+    def _on_readable(self, member: Worker) -> None:
+        try:
+            reply = member.conn.recv()
+        except (EOFError, OSError):
+            self._lost(member)
+            return
+        kind, key, payload = reply[0], reply[1], reply[2]
+        if kind == "mapped":
+            key = _map_key(key)
+        future = member.pending.get(key)
+        if future is not None and not future.done():
+            future.set_result(payload)
+        elif kind not in ("done", "mapped", "pong"):
+            log.warning("decode worker %d sent an unexpected %r", member.number, kind)
+
+    def _lost(self, member: Worker) -> None:
+        if not member.alive:
+            return
+        member.alive = False
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(member.conn.fileno())
+        member.conn.close()
+        member.process.join(timeout=0)
+        code = member.process.exitcode
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        error = WorkerDied(f"decode worker {member.number} (pid {member.process.pid}) died ({how})")
+        if not self._closed:
+            log.error("%s", error.message)
+        for future in member.pending.values():
+            if not future.done():
+                future.set_exception(error)
+        member.pending.clear()
+
+    async def map_ring(self, segment_id: int, segment: Segment) -> RingLease:
+        """Map `segment` writable in every worker; call before the segment is sealed."""
+        members = await self.workers()
+        path = f"/proc/{os.getpid()}/fd/{segment.fd}"
+        futures = []
+        for member in members:
+            future = asyncio.get_running_loop().create_future()
+            member.pending[_map_key(segment_id)] = future
+            member.send(("map", segment_id, path, segment.size))
+            futures.append(future)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        mapped = []
+        for member, result in zip(members, results, strict=True):
+            member.pending.pop(_map_key(segment_id), None)
+            if result is None:
+                mapped.append(member)
+            else:
+                log.error("decode worker %d could not map ring %d: %s", member.number, segment_id, result)
+        if not mapped:
+            raise WorkerDied(f"no decode worker could map ring {segment_id}")
+        return RingLease(self, segment_id, mapped)
+
+    async def close(self) -> None:
+        """Close the pipes (workers exit on EOF) and wait for the processes."""
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        for member in self._workers:
+            if member.alive:
+                member.alive = False
+                with contextlib.suppress(ValueError, OSError):
+                    loop.remove_reader(member.conn.fileno())
+                member.conn.close()
+        for member in self._workers:
+            await loop.run_in_executor(None, _stop, member.process)
+        self._workers = []
+
+
+def _map_key(segment_id: int) -> int:
+    return -1 - segment_id  # "mapped" replies are keyed by segment; negative keys never meet request numbers
+
+
+def _stop(process: BaseProcess) -> None:
+    process.join(timeout=5)
+    if process.is_alive():
+        process.kill()
+        process.join(timeout=5)
+
+
+class RingLease:
+    """The workers that hold one ring's mapping; jobs for that ring go to them only."""
+
+    def __init__(self, pool: DecodePool, segment_id: int, members: list[Worker]) -> None:
+        self.pool = pool
+        self.segment_id = segment_id
+        self.members = members
+
+    @property
+    def live(self) -> list[Worker]:
+        return [m for m in self.members if m.alive]
+
+    def new_job_number(self) -> int:
+        return next(self.pool._requests)  # unique per worker across every ring it serves
+
+    async def run(self, job: DecodeJob) -> list[Failure]:
+        """Run `job` on the least busy live worker; raises WorkerDied if none is left or it dies meanwhile."""
+        live = self.live
+        if not live:
+            raise WorkerDied(f"every decode worker serving ring {self.segment_id} has died; reopen the stream")
+        member = min(live, key=lambda m: len(m.pending))
+        future = asyncio.get_running_loop().create_future()
+        member.pending[job.job] = future
+        try:
+            member.send(("decode", job))
+            failures: list[Failure] = await asyncio.shield(future)
+            return failures
+        except asyncio.CancelledError:
+            # the worker is still writing the slot; it must finish before the slot can be reused
+            with contextlib.suppress(Exception):
+                await future
+            raise
+        finally:
+            member.pending.pop(job.job, None)
+
+    def close(self) -> None:
+        for member in self.live:
+            with contextlib.suppress(OSError, WorkerDied):
+                member.send(("unmap", self.segment_id))

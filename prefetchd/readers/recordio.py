@@ -1,0 +1,431 @@
+"""RecordIO (.rec, with or without .idx) reader: image records in, ImageRecordIter-shaped batches out.
+
+Records are located once, at open: from the .idx when given (a few bytes per record), else by one
+sequential framing pass over the .rec (cached per object version, so later streams skip it). Each epoch
+then fetches its records as coalesced ranges of whole records, in the order the epoch needs them, and
+hands each batch's raw bytes to the decode workers through a staging memfd; the workers write pixels,
+labels and ids straight into the ring slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import mmap
+import os
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from prefetchd_client.errors import ERROR_CLASSES, DaemonError, InvalidRequest
+from prefetchd_client.protocol import Open
+
+from ..config import Config
+from ..decode.image import ImageOptions, options_from
+from ..decode.pool import DecodePool, RingLease
+from ..decode.worker import DecodeJob, Failure, OutputRows
+from ..fetch.router import SourceRouter
+from ..fetch.scheduler import RangeRequest, RangeScheduler
+from ..fetch.source import ObjectInfo
+from ..formats import recordio
+from ..plan.epoch import BatchSpec, EpochPlan, plan_epoch
+from ..ring.segment import Segment
+from .base import FillResult, ReaderShape, run_to_completion
+from .idx import check_batching, stat_all
+
+_READER_KEYS = {"label_width", "skip_bad", "preprocess_threads"}
+_SCANNED: OrderedDict[tuple[str, str], NDArray[np.int64]] = OrderedDict()  # (url, version) → record offsets
+_SCANNED_KEEP = 16
+
+
+@dataclass(frozen=True, slots=True)
+class RecordIOOptions:
+    image: ImageOptions
+    label_width: int
+    skip_bad: bool
+    preprocess_threads: int  # at most this many workers decode one batch
+
+
+def parse_options(request: Open) -> RecordIOOptions:
+    if "rec" not in request.sources or not set(request.sources) <= {"rec", "idx"}:
+        given = sorted(request.sources)
+        raise InvalidRequest(f"a recordio stream takes sources 'rec' and optionally 'idx', not {given}")
+    decode = dict(request.decode)
+    label_width = decode.pop("label_width", 1)
+    skip_bad = decode.pop("skip_bad", False)
+    threads = decode.pop("preprocess_threads", 0)
+    if not isinstance(label_width, int) or isinstance(label_width, bool) or label_width < 1:
+        raise InvalidRequest(f"label_width must be a positive integer, not {label_width!r}")
+    if not isinstance(skip_bad, bool):
+        raise InvalidRequest(f"skip_bad must be true or false, not {skip_bad!r}")
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
+        raise InvalidRequest(f"preprocess_threads must be 0 (all workers) or more, not {threads!r}")
+    check_batching(request)
+    return RecordIOOptions(options_from(decode), label_width, skip_bad, threads)
+
+
+async def read_whole(router: SourceRouter, info: ObjectInfo) -> bytes:
+    buffer = bytearray(info.size)
+    if info.size:
+        await router.read_range(info, 0, memoryview(buffer))
+    return bytes(buffer)
+
+
+async def scan_offsets(
+    router: SourceRouter, info: ObjectInfo, executor: Executor, chunk_bytes: int
+) -> NDArray[np.int64]:
+    """Every record's offset, by framing the whole object once (no .idx given); cached per object version."""
+    key = (info.url, info.version)
+    cached = _SCANNED.get(key)
+    if cached is not None:
+        _SCANNED.move_to_end(key)
+        return cached
+    framer = recordio.RecordFramer(url=info.url)
+    offsets: list[int] = []
+
+    def frame(data: bytearray) -> None:
+        offsets.extend(record.offset for record in framer.feed(memoryview(data)))
+
+    async def read(start: int) -> bytearray:
+        buffer = bytearray(min(chunk_bytes, info.size - start))
+        await router.read_range(info, start, memoryview(buffer))
+        return buffer
+
+    async def nothing() -> bytearray:
+        return bytearray()
+
+    data = await read(0) if info.size else bytearray()
+    position = len(data)
+    while data:
+        # frame this chunk in a thread while the next one is fetched
+        upcoming = read(position) if position < info.size else nothing()
+        data, _ = await asyncio.gather(upcoming, run_to_completion(executor, functools.partial(frame, data)))
+        position += len(data)
+    framer.finish()
+    result = np.asarray(offsets, dtype=np.int64)
+    _SCANNED[key] = result
+    while len(_SCANNED) > _SCANNED_KEEP:
+        _SCANNED.popitem(last=False)
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Chunks:
+    """Consecutive records grouped into ranges of about `chunk_bytes`: the unit of fetching."""
+
+    of_record: NDArray[np.int64]  # chunk number of each record of the partition (relative numbering)
+    first: NDArray[np.int64]  # absolute record number that starts each chunk
+    start: NDArray[np.int64]  # byte offset of each chunk
+    size: NDArray[np.int64]  # byte size of each chunk
+
+
+def group_chunks(offsets: NDArray[np.int64], lengths: NDArray[np.int64], part: range, chunk_bytes: int) -> Chunks:
+    if not len(part):
+        empty = np.empty(0, dtype=np.int64)
+        return Chunks(empty, empty, empty, empty)
+    starts = offsets[part.start : part.stop]
+    ends = starts + lengths[part.start : part.stop]
+    nominal = (starts - starts[0]) // chunk_bytes
+    new_chunk = np.ones(len(starts), dtype=bool)
+    new_chunk[1:] = nominal[1:] != nominal[:-1]
+    of_record = np.cumsum(new_chunk) - 1
+    first_rel = np.flatnonzero(new_chunk)
+    last_rel = np.append(first_rel[1:] - 1, len(starts) - 1)
+    return Chunks(
+        of_record.astype(np.int64),
+        (first_rel + part.start).astype(np.int64),
+        starts[first_rel],
+        ends[last_rel] - starts[first_rel],
+    )
+
+
+class RecordIOReader:
+    """Serves one RecordIO stream."""
+
+    def __init__(
+        self,
+        request: Open,
+        options: RecordIOOptions,
+        objects: dict[str, ObjectInfo],
+        offsets: NDArray[np.int64],
+        part: range,
+        *,
+        router: SourceRouter,
+        config: Config,
+        executor: Executor,
+        pool: DecodePool,
+    ) -> None:
+        self.request = request
+        self.options = options
+        self.rec = objects["rec"]
+        self.offsets = offsets
+        self.lengths = recordio.record_spans(offsets, self.rec.size, url=objects.get("idx", self.rec).url)
+        self.part = part
+        self._router = router
+        self._config = config
+        self._executor = executor
+        self._pool = pool
+        self._lease: RingLease | None = None
+        self._segment_base = 0
+        self.chunks = group_chunks(self.offsets, self.lengths, part, config.chunk_bytes)
+        biggest = int(self.chunks.size.max()) if len(self.chunks.size) else 0
+        if biggest * 2 > config.stream_budget_bytes:
+            raise InvalidRequest(
+                f"{self.rec.url} holds a record range of {biggest} bytes; stream_budget_bytes "
+                f"({config.stream_budget_bytes}) must hold two of them",
+                url=self.rec.url,
+            )
+        mean_record = max(1, int(self.lengths[part.start : part.stop].mean())) if len(part) else 1
+        self.window_records = max(1, config.stream_budget_bytes // 2 // mean_record)
+        self.shape = ReaderShape(
+            arrays=self._arrays(),
+            batches_per_epoch=self.plan(0).batch_count,
+            samples_per_epoch=len(part),
+            objects=objects,
+        )
+
+    @classmethod
+    async def open(
+        cls, request: Open, *, router: SourceRouter, config: Config, executor: Executor, pool: DecodePool
+    ) -> RecordIOReader:
+        options = parse_options(request)
+        urls = [request.sources["rec"]] + ([request.sources["idx"]] if "idx" in request.sources else [])
+        infos = await stat_all(router, urls)
+        rec = infos[0]
+        objects = {"rec": rec}
+        if len(infos) == 2:
+            objects["idx"] = infos[1]
+            text = await read_whole(router, infos[1])
+            offsets = await run_to_completion(executor, lambda: recordio.parse_index(text, url=infos[1].url))
+            part = recordio.index_partition(len(offsets), request.num_parts, request.part_index)
+        else:
+            offsets = await scan_offsets(router, rec, executor, config.chunk_bytes)
+            begin, end = recordio.byte_partition(rec.size, request.num_parts, request.part_index)
+            part = range(int(np.searchsorted(offsets, begin)), int(np.searchsorted(offsets, end)))
+        return cls(request, options, objects, offsets, part, router=router, config=config, executor=executor, pool=pool)
+
+    def _arrays(self) -> list[tuple[str, str, tuple[int, ...]]]:
+        batch = self.request.batch_size
+        width = self.options.label_width
+        label_shape = (batch,) if width == 1 else (batch, width)
+        return [
+            ("data", np.dtype(self.options.image.dtype).str, (batch, *self.options.image.data_shape)),
+            ("label", np.dtype("float32").str, label_shape),
+            ("index", np.dtype("uint64").str, (batch,)),
+        ]
+
+    async def attach(self, segment_id: int, segment: Segment) -> None:
+        """Map the stream's ring into the decode workers (before the ring is sealed)."""
+        self._lease = await self._pool.map_ring(segment_id, segment)
+        self._segment_base = np.frombuffer(segment.map, dtype=np.uint8, count=1).ctypes.data
+
+    def detach(self) -> None:
+        if self._lease is not None:
+            self._lease.close()
+            self._lease = None
+
+    def plan(self, epoch: int) -> EpochPlan:
+        r = self.request
+        return plan_epoch(
+            self.part,
+            epoch=epoch,
+            batch_size=r.batch_size,
+            shuffle=r.shuffle,
+            seed=r.seed,
+            reshuffle=r.reshuffle,
+            last_batch=r.last_batch,
+            window=self.window_records,
+        )
+
+    @asynccontextmanager
+    async def start_epoch(self, plan: EpochPlan, first_batch: int) -> AsyncIterator[RecordIOEpoch]:
+        epoch = RecordIOEpoch(self, plan, first_batch)
+        try:
+            async with asyncio.TaskGroup() as group:
+                fetching = group.create_task(epoch.scheduler.run())
+                try:
+                    yield epoch
+                finally:
+                    fetching.cancel()
+        except BaseExceptionGroup as group_error:
+            errors = group_error.exceptions
+            raise errors[0] if len(errors) == 1 else group_error from None
+        finally:
+            epoch.scheduler.close()
+
+
+class RecordIOEpoch:
+    """One epoch: its fetch plan, and the batches it hands to the decode workers."""
+
+    def __init__(self, reader: RecordIOReader, plan: EpochPlan, first_batch: int) -> None:
+        self.reader = reader
+        self.plan = plan
+        records = _records_from(plan, first_batch)
+        chunks = reader.chunks.of_record[records - reader.part.start]
+        chunk_ids, first_use, uses = np.unique(chunks, return_index=True, return_counts=True)
+        self._uses = dict(zip(chunk_ids.tolist(), uses.tolist(), strict=True))
+        need_order = chunk_ids[np.argsort(first_use, kind="stable")].tolist()
+        c = reader.chunks
+        requests = (RangeRequest(k, reader.rec, int(c.start[k]), int(c.size[k])) for k in need_order)
+        config = reader._config
+        self.scheduler = RangeScheduler(
+            reader._router.read_range,
+            requests,
+            concurrency=config.max_concurrency,
+            budget_bytes=config.stream_budget_bytes,
+        )
+
+    async def fill(self, spec: BatchSpec, out: dict[str, NDArray[Any]]) -> FillResult | None:
+        reader = self.reader
+        lease = reader._lease
+        if lease is None:
+            raise DaemonError("the ring was not attached to the decode workers")
+        records = spec.records
+        chunks = reader.chunks.of_record[records - reader.part.start]
+        buffers = {c: await self.scheduler.get(c) for c in np.unique(chunks).tolist()}
+        lengths = reader.lengths[records]
+        with _Staging(int(lengths.sum())) as staging:
+            placed = staging.place(records, chunks, buffers, reader)
+            failures = await self._decode(spec, out, lease, staging, placed)
+        for c, used in zip(*np.unique(chunks, return_counts=True), strict=True):
+            left = self._uses[int(c)] - int(used)
+            self._uses[int(c)] = left
+            if left == 0:
+                self.scheduler.release(int(c))
+        if failures:
+            return await self._handle_failures(spec, out, failures)
+        return None
+
+    async def _decode(
+        self,
+        spec: BatchSpec,
+        out: dict[str, NDArray[Any]],
+        lease: RingLease,
+        staging: _Staging,
+        placed: list[tuple[int, int, int]],
+    ) -> list[Failure]:
+        reader = self.reader
+        options = reader.options
+        n = len(placed)
+        workers = len(lease.live) or 1
+        if options.preprocess_threads:
+            workers = min(workers, options.preprocess_threads)
+        pieces = [p for p in np.array_split(np.arange(n), min(workers, n)) if len(p)]
+        data, label, index = out["data"], out["label"], out["index"]
+        jobs = []
+        seed = None
+        if options.image.needs_rng:
+            seed = int(np.random.SeedSequence([reader.request.seed, self.plan.epoch]).generate_state(1, np.uint64)[0])
+        for rows in pieces:
+            first = int(rows[0])
+            jobs.append(
+                DecodeJob(
+                    job=lease.new_job_number(),
+                    staging_path=staging.path,
+                    staging_bytes=staging.size,
+                    records=tuple(placed[first : int(rows[-1]) + 1]),
+                    url=reader.rec.url,
+                    rows=OutputRows(
+                        segment=lease.segment_id,
+                        data_offset=data[first:].ctypes.data - reader._segment_base,
+                        data_row_bytes=data[0].nbytes,
+                        label_offset=label[first:].ctypes.data - reader._segment_base,
+                        label_width=options.label_width,
+                        index_offset=index[first:].ctypes.data - reader._segment_base,
+                    ),
+                    options=options.image,
+                    seed=seed,
+                    first_position=spec.seq * reader.request.batch_size + first,
+                    skip_bad=options.skip_bad,
+                )
+            )
+        results = await asyncio.gather(*(lease.run(job) for job in jobs))
+        failures = []
+        for rows, found in zip(pieces, results, strict=True):
+            for failure in found:
+                row = int(rows[0]) + failure.row if failure.row >= 0 else -1
+                failures.append(Failure(row, failure.code, failure.message, failure.offset))
+        return failures
+
+    async def _handle_failures(
+        self, spec: BatchSpec, out: dict[str, NDArray[Any]], failures: list[Failure]
+    ) -> FillResult:
+        url = self.reader.rec.url
+        errors = [ERROR_CLASSES.get(f.code, DaemonError)(f.message, url=url, offset=f.offset) for f in failures]
+        bad = {f.row for f in failures}
+        size = spec.valid + spec.pad
+        good = [row for row in range(size) if row not in bad]
+        if not self.reader.options.skip_bad or -1 in bad or not good:
+            raise errors[0]
+        # skipped rows leave the batch: the good rows move up and the tail repeats them, reported as padding
+        order = np.resize(np.asarray(good, dtype=np.int64), size)
+        await run_to_completion(self.reader._executor, lambda: _take_rows(out, order, size))
+        valid = sum(1 for row in good if row < spec.valid)
+        return FillResult(valid, size - valid, errors)
+
+
+def _take_rows(out: dict[str, NDArray[Any]], order: NDArray[np.int64], size: int) -> None:
+    for array in out.values():
+        array[:size] = array[order]
+
+
+class _Staging:
+    """A memfd holding one batch's raw records, which workers map read-only by its /proc path."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.fd = os.memfd_create("prefetchd-staging", os.MFD_CLOEXEC)
+        self.path = f"/proc/{os.getpid()}/fd/{self.fd}"
+        self.map: mmap.mmap | None = None
+        try:
+            if size:
+                os.ftruncate(self.fd, size)
+                self.map = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def place(
+        self,
+        records: NDArray[np.int64],
+        chunks: NDArray[np.int64],
+        buffers: dict[int, NDArray[np.uint8]],
+        reader: RecordIOReader,
+    ) -> list[tuple[int, int, int]]:
+        """Copy each record's bytes in; returns (offset in staging, size, offset in the object) per record."""
+        placed = []
+        position = 0
+        starts = reader.chunks.start
+        assert self.map is not None or not len(records)
+        for record, chunk in zip(records.tolist(), chunks.tolist(), strict=True):
+            offset = int(reader.offsets[record])
+            size = int(reader.lengths[record])
+            local = offset - int(starts[chunk])
+            assert self.map is not None
+            self.map[position : position + size] = buffers[chunk].data[local : local + size]
+            placed.append((position, size, offset))
+            position += size
+        return placed
+
+    def __enter__(self) -> _Staging:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.map is not None:
+            self.map.close()
+        os.close(self.fd)
+
+
+def _records_from(plan: EpochPlan, first_batch: int) -> NDArray[np.int64]:
+    count = plan.batch_count
+    if first_batch >= count:
+        return np.empty(0, dtype=np.int64)
+    parts = [plan.order[first_batch * plan.batch_size : (count - 1) * plan.batch_size]]
+    parts.append(plan.batch(count - 1).records)
+    return np.concatenate(parts)

@@ -41,6 +41,7 @@ class Worker:
     conn: Connection
     pending: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
     alive: bool = True
+    leases: int = 0  # rings it serves
 
     def send(self, message: tuple[Any, ...]) -> None:
         if not self.alive:
@@ -58,6 +59,7 @@ class DecodePool:
         self._workers: list[Worker] = []
         self._numbers = itertools.count()
         self._requests = itertools.count()
+        self._mapping_ids = itertools.count()
         self._starting: asyncio.Lock | None = None
         self._closed = False
 
@@ -129,27 +131,38 @@ class DecodePool:
                 future.set_exception(error)
         member.pending.clear()
 
-    async def map_ring(self, segment_id: int, segment: Segment) -> RingLease:
-        """Map `segment` writable in every worker; call before the segment is sealed."""
-        members = await self.workers()
-        path = f"/proc/{os.getpid()}/fd/{segment.fd}"
+    async def lease_ring(self, segment: Segment, *, workers: int) -> RingLease:
+        """Map `segment` writable in up to `workers` of the least used workers; call before it is sealed."""
+        members = sorted(await self.workers(), key=lambda m: m.leases)[: max(1, workers)]
+        mapping = next(self._mapping_ids)
+        mapped = await self.map_in(members, mapping, segment.fd, segment.size, writable=True)
+        if not mapped:
+            raise WorkerDied("no decode worker could map the stream's ring")
+        for member in mapped:
+            member.leases += 1
+        return RingLease(self, mapping, mapped)
+
+    def new_mapping_id(self) -> int:
+        return next(self._mapping_ids)
+
+    async def map_in(self, members: list[Worker], mapping: int, fd: int, size: int, *, writable: bool) -> list[Worker]:
+        """Have `members` map memfd `fd` (by its /proc path) as `mapping`; returns those that did."""
+        path = f"/proc/{os.getpid()}/fd/{fd}"
         futures = []
         for member in members:
             future = asyncio.get_running_loop().create_future()
-            member.pending[_map_key(segment_id)] = future
-            member.send(("map", segment_id, path, segment.size))
+            member.pending[_map_key(mapping)] = future
+            member.send(("map", mapping, path, size, writable))
             futures.append(future)
         results = await asyncio.gather(*futures, return_exceptions=True)
         mapped = []
         for member, result in zip(members, results, strict=True):
-            member.pending.pop(_map_key(segment_id), None)
+            member.pending.pop(_map_key(mapping), None)
             if result is None:
                 mapped.append(member)
             else:
-                log.error("decode worker %d could not map ring %d: %s", member.number, segment_id, result)
-        if not mapped:
-            raise WorkerDied(f"no decode worker could map ring {segment_id}")
-        return RingLease(self, segment_id, mapped)
+                log.error("decode worker %d could not map shared memory: %s", member.number, result)
+        return mapped
 
     async def close(self) -> None:
         """Close the pipes (workers exit on EOF) and wait for the processes."""
@@ -166,8 +179,8 @@ class DecodePool:
         self._workers = []
 
 
-def _map_key(segment_id: int) -> int:
-    return -1 - segment_id  # "mapped" replies are keyed by segment; negative keys never meet request numbers
+def _map_key(mapping: int) -> int:
+    return -1 - mapping  # "mapped" replies are keyed by mapping id; negative keys never meet request numbers
 
 
 def _stop(process: BaseProcess) -> None:
@@ -178,7 +191,7 @@ def _stop(process: BaseProcess) -> None:
 
 
 class RingLease:
-    """The workers that hold one ring's mapping; jobs for that ring go to them only."""
+    """The workers that hold one ring's mapping; jobs for that ring, and its staging memory, go to them only."""
 
     def __init__(self, pool: DecodePool, segment_id: int, members: list[Worker]) -> None:
         self.pool = pool
@@ -191,6 +204,19 @@ class RingLease:
 
     def new_job_number(self) -> int:
         return next(self.pool._requests)  # unique per worker across every ring it serves
+
+    async def map_staging(self, fd: int, size: int) -> int:
+        """Map a staging memfd read-only in this ring's workers; returns its mapping id for jobs."""
+        mapping = self.pool.new_mapping_id()
+        mapped = await self.pool.map_in(self.live, mapping, fd, size, writable=False)
+        if not mapped:
+            raise WorkerDied(f"every decode worker serving ring {self.segment_id} has died; reopen the stream")
+        return mapping
+
+    def unmap(self, mapping: int) -> None:
+        for member in self.live:
+            with contextlib.suppress(OSError, WorkerDied):
+                member.send(("unmap", mapping))
 
     async def run(self, job: DecodeJob) -> list[Failure]:
         """Run `job` on the least busy live worker; raises WorkerDied if none is left or it dies meanwhile."""
@@ -213,6 +239,6 @@ class RingLease:
             member.pending.pop(job.job, None)
 
     def close(self) -> None:
-        for member in self.live:
-            with contextlib.suppress(OSError, WorkerDied):
-                member.send(("unmap", self.segment_id))
+        self.unmap(self.segment_id)
+        for member in self.members:
+            member.leases -= 1

@@ -38,8 +38,7 @@ class OutputRows:
 @dataclass(frozen=True, slots=True)
 class DecodeJob:
     job: int
-    staging_path: str  # /proc/<daemon>/fd/<n>: a memfd of raw records, mapped read-only for the job
-    staging_bytes: int
+    staging: int  # the mapping id of the staging memory that holds the raw records
     records: tuple[tuple[int, int, int], ...]  # (offset in staging, bytes, offset in the object) per row
     url: str
     rows: OutputRows
@@ -75,20 +74,23 @@ def serve(conn: Connection) -> None:
             return
         kind = message[0]
         if kind == "map":
-            _, segment, path, size = message
+            _, segment, path, size, writable = message
             try:
-                segments[segment] = _map(path, size, writable=True)
+                segments[segment] = _map(path, size, writable=writable)
                 conn.send(("mapped", segment, None))
             except OSError as exc:
                 conn.send(("mapped", segment, f"{type(exc).__name__}: {exc}"))
         elif kind == "unmap":
             mapping = segments.pop(message[1], None)
             if mapping is not None:
-                mapping.close()
+                try:
+                    mapping.close()
+                except BufferError:  # a view of it is still alive somewhere; it goes with that
+                    pass
         elif kind == "decode":
             job: DecodeJob = message[1]
             try:
-                failures = run_job(job, segments[job.rows.segment])
+                failures = run_job(job, segments[job.rows.segment], segments[job.staging])
                 conn.send(("done", job.job, failures))
             except Exception as exc:  # a bug here must not kill the worker: the daemon reports it
                 conn.send(("done", job.job, [Failure(-1, "internal", f"{type(exc).__name__}: {exc}", None)]))
@@ -105,7 +107,7 @@ def _map(path: str, size: int, *, writable: bool) -> mmap.mmap:
         os.close(fd)
 
 
-def run_job(job: DecodeJob, segment: mmap.mmap) -> list[Failure]:
+def run_job(job: DecodeJob, segment: mmap.mmap, staging: mmap.mmap) -> list[Failure]:
     """Decode every record of `job` into its row; returns the failures (stops at the first unless skipping)."""
     options = job.options
     rows = job.rows
@@ -117,32 +119,28 @@ def run_job(job: DecodeJob, segment: mmap.mmap) -> list[Failure]:
     labels: NDArray[np.float32] = np.ndarray(label_shape, dtype=np.float32, buffer=segment, offset=rows.label_offset)
     index: NDArray[np.uint64] = np.ndarray((count,), dtype=np.uint64, buffer=segment, offset=rows.index_offset)
     failures: list[Failure] = []
-    staging = _map(job.staging_path, job.staging_bytes, writable=False) if job.staging_bytes else None
-    try:
+    with memoryview(staging) as whole:
         for row, (start, size, offset) in enumerate(job.records):
             # one Generator per record, keyed by its place in the epoch: the same crops whatever the worker count
             rng = np.random.default_rng((job.seed, job.first_position + row)) if job.seed is not None else None
             try:
-                record = memoryview(staging)[start : start + size] if staging is not None else memoryview(b"")
-                header = _decode_record(record, job, offset, data[row], rng)
+                header = _decode_record(whole[start : start + size], job, offset, data[row], rng)
                 _put_label(labels, row, header, rows.label_width, url=job.url, offset=offset)
                 index[row] = header.id
             except PrefetchdError as exc:
                 failures.append(Failure(row, exc.code, exc.message, exc.offset))
                 if not job.skip_bad:
                     break
-            finally:
-                record = memoryview(b"")  # drop the staging view before the mapping closes
-    finally:
-        if staging is not None:
-            staging.close()
     return failures
 
 
 def _decode_record(
     record: memoryview, job: DecodeJob, offset: int, out: NDArray[Any], rng: np.random.Generator | None
 ) -> recordio.ImageHeader:
-    """One record's bytes (its RecordIO framing included) → pixels in `out`; returns its image header."""
+    """One record's bytes (its RecordIO framing included) → pixels in `out`; returns its image header.
+
+    Every view of the staging memory is released on the way out, so the daemon can unmap it later.
+    """
     with record:
         payload, end = recordio.read_record(record, 0, url=job.url, base_offset=offset)
         if end != len(record):

@@ -97,6 +97,8 @@ async def stat_all(router: SourceRouter, urls: list[str]) -> list[ObjectInfo]:
 class IdxReader:
     """Serves one IDX stream."""
 
+    fill_depth = 1  # decoding an IDX batch is a scaled copy; one at a time keeps the order simple
+
     def __init__(
         self,
         request: Open,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import mmap
-import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
@@ -29,6 +28,7 @@ from prefetchd_client.protocol import Open
 from ..config import Config
 from ..decode.image import ImageOptions, options_from
 from ..decode.pool import DecodePool, RingLease
+from ..decode.staging import StagingPool
 from ..decode.worker import DecodeJob, Failure, OutputRows
 from ..fetch.router import SourceRouter
 from ..fetch.scheduler import RangeRequest, RangeScheduler
@@ -148,6 +148,8 @@ def group_chunks(offsets: NDArray[np.int64], lengths: NDArray[np.int64], part: r
 class RecordIOReader:
     """Serves one RecordIO stream."""
 
+    fill_depth = 2  # while the workers decode one batch, the next one's records are staged
+
     def __init__(
         self,
         request: Open,
@@ -172,6 +174,7 @@ class RecordIOReader:
         self._executor = executor
         self._pool = pool
         self._lease: RingLease | None = None
+        self._staging: StagingPool | None = None
         self._segment_base = 0
         self.chunks = group_chunks(self.offsets, self.lengths, part, config.chunk_bytes)
         biggest = int(self.chunks.size.max()) if len(self.chunks.size) else 0
@@ -221,11 +224,16 @@ class RecordIOReader:
         ]
 
     async def attach(self, segment_id: int, segment: Segment) -> None:
-        """Map the stream's ring into the decode workers (before the ring is sealed)."""
-        self._lease = await self._pool.map_ring(segment_id, segment)
+        """Map the stream's ring into its decode workers (before the ring is sealed)."""
+        workers = self.options.preprocess_threads or self._pool.processes
+        self._lease = await self._pool.lease_ring(segment, workers=workers)
+        self._staging = StagingPool(self._lease)
         self._segment_base = np.frombuffer(segment.map, dtype=np.uint8, count=1).ctypes.data
 
     def detach(self) -> None:
+        if self._staging is not None:
+            self._staging.close()
+            self._staging = None
         if self._lease is not None:
             self._lease.close()
             self._lease = None
@@ -283,16 +291,16 @@ class RecordIOEpoch:
 
     async def fill(self, spec: BatchSpec, out: dict[str, NDArray[Any]]) -> FillResult | None:
         reader = self.reader
-        lease = reader._lease
-        if lease is None:
+        lease, staging = reader._lease, reader._staging
+        if lease is None or staging is None:
             raise DaemonError("the ring was not attached to the decode workers")
         records = spec.records
         chunks = reader.chunks.of_record[records - reader.part.start]
         buffers = {c: await self.scheduler.get(c) for c in np.unique(chunks).tolist()}
         lengths = reader.lengths[records]
-        with _Staging(int(lengths.sum())) as staging:
-            placed = staging.place(records, chunks, buffers, reader)
-            failures = await self._decode(spec, out, lease, staging, placed)
+        async with staging.area(int(lengths.sum())) as area:
+            placed = _place(area.map, records, chunks, buffers, reader)
+            failures = await self._decode(spec, out, lease, area.mapping, placed)
         for c, used in zip(*np.unique(chunks, return_counts=True), strict=True):
             left = self._uses[int(c)] - int(used)
             self._uses[int(c)] = left
@@ -307,16 +315,13 @@ class RecordIOEpoch:
         spec: BatchSpec,
         out: dict[str, NDArray[Any]],
         lease: RingLease,
-        staging: _Staging,
+        staging: int,
         placed: list[tuple[int, int, int]],
     ) -> list[Failure]:
         reader = self.reader
         options = reader.options
         n = len(placed)
-        workers = len(lease.live) or 1
-        if options.preprocess_threads:
-            workers = min(workers, options.preprocess_threads)
-        pieces = [p for p in np.array_split(np.arange(n), min(workers, n)) if len(p)]
+        pieces = [p for p in np.array_split(np.arange(n), min(len(lease.live) or 1, n)) if len(p)]
         data, label, index = out["data"], out["label"], out["index"]
         jobs = []
         seed = None
@@ -327,8 +332,7 @@ class RecordIOEpoch:
             jobs.append(
                 DecodeJob(
                     job=lease.new_job_number(),
-                    staging_path=staging.path,
-                    staging_bytes=staging.size,
+                    staging=staging,
                     records=tuple(placed[first : int(rows[-1]) + 1]),
                     url=reader.rec.url,
                     rows=OutputRows(
@@ -375,51 +379,25 @@ def _take_rows(out: dict[str, NDArray[Any]], order: NDArray[np.int64], size: int
         array[:size] = array[order]
 
 
-class _Staging:
-    """A memfd holding one batch's raw records, which workers map read-only by its /proc path."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.fd = os.memfd_create("prefetchd-staging", os.MFD_CLOEXEC)
-        self.path = f"/proc/{os.getpid()}/fd/{self.fd}"
-        self.map: mmap.mmap | None = None
-        try:
-            if size:
-                os.ftruncate(self.fd, size)
-                self.map = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED)
-        except BaseException:
-            os.close(self.fd)
-            raise
-
-    def place(
-        self,
-        records: NDArray[np.int64],
-        chunks: NDArray[np.int64],
-        buffers: dict[int, NDArray[np.uint8]],
-        reader: RecordIOReader,
-    ) -> list[tuple[int, int, int]]:
-        """Copy each record's bytes in; returns (offset in staging, size, offset in the object) per record."""
-        placed = []
-        position = 0
-        starts = reader.chunks.start
-        assert self.map is not None or not len(records)
-        for record, chunk in zip(records.tolist(), chunks.tolist(), strict=True):
-            offset = int(reader.offsets[record])
-            size = int(reader.lengths[record])
-            local = offset - int(starts[chunk])
-            assert self.map is not None
-            self.map[position : position + size] = buffers[chunk].data[local : local + size]
-            placed.append((position, size, offset))
-            position += size
-        return placed
-
-    def __enter__(self) -> _Staging:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.map is not None:
-            self.map.close()
-        os.close(self.fd)
+def _place(
+    staging: mmap.mmap,
+    records: NDArray[np.int64],
+    chunks: NDArray[np.int64],
+    buffers: dict[int, NDArray[np.uint8]],
+    reader: RecordIOReader,
+) -> list[tuple[int, int, int]]:
+    """Copy each record's bytes into `staging`; returns (offset in staging, size, offset in the object) each."""
+    placed = []
+    position = 0
+    starts = reader.chunks.start
+    for record, chunk in zip(records.tolist(), chunks.tolist(), strict=True):
+        offset = int(reader.offsets[record])
+        size = int(reader.lengths[record])
+        local = offset - int(starts[chunk])
+        staging[position : position + size] = buffers[chunk].data[local : local + size]
+        placed.append((position, size, offset))
+        position += size
+    return placed
 
 
 def _records_from(plan: EpochPlan, first_batch: int) -> NDArray[np.int64]:

@@ -11,13 +11,15 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from prefetchd_client.errors import PrefetchdError, RemoteProtocolError
 from prefetchd_client.protocol import Batch, Close, EndOfEpoch, Error, Open, Release, Seek
 
-from ..readers.base import Reader
+from ..plan.epoch import BatchSpec, EpochPlan
+from ..readers.base import EpochFill, FillResult, Reader
 from ..ring.writer import RingWriter
 from .peer import PeerConnection, PeerGone
 
@@ -88,22 +90,42 @@ class Stream:
             self._epoch = epoch
             plan = self.reader.plan(epoch)
             async with self.reader.start_epoch(plan, batch) as filling:
-                for seq in range(batch, plan.batch_count):
-                    spec = plan.batch(seq)
-                    slot = await self.ring.acquire()
-                    try:
-                        result = await filling.fill(spec, self.ring.arrays(slot))
-                    except BaseException:
-                        self.ring.abort(slot)
-                        raise
-                    valid, pad = (spec.valid, spec.pad) if result is None else (result.valid, result.pad)
-                    fill = self.ring.publish(slot, epoch=epoch, seq=seq, valid=valid, pad=pad)
-                    if result is not None:
-                        await self._report_skipped(result.skipped)
-                    await self.peer.send(Batch(slot, fill, epoch, seq))
-                    self._batches_sent += 1
+                await self._fill_epoch(filling, plan, batch)
             await self.peer.send(EndOfEpoch(epoch, plan.batch_count))
             epoch, batch = epoch + 1, 0
+
+    async def _fill_epoch(self, filling: EpochFill, plan: EpochPlan, first: int) -> None:
+        """Fill up to `reader.fill_depth` slots at once (decode workers stay busy); publish them in order."""
+        in_flight: deque[tuple[BatchSpec, int, asyncio.Task[FillResult | None]]] = deque()
+        try:
+            async with asyncio.TaskGroup() as group:
+                for seq in range(first, plan.batch_count):
+                    if len(in_flight) >= self.reader.fill_depth:
+                        await self._publish_first(plan.epoch, in_flight)
+                    spec = plan.batch(seq)
+                    slot = await self.ring.acquire()
+                    in_flight.append((spec, slot, group.create_task(filling.fill(spec, self.ring.arrays(slot)))))
+                while in_flight:
+                    await self._publish_first(plan.epoch, in_flight)
+        except BaseExceptionGroup as group_error:
+            errors = group_error.exceptions
+            raise errors[0] if len(errors) == 1 else group_error from None
+        finally:
+            for _, slot, _ in in_flight:  # fills that failed or were cancelled: every one has finished by now
+                self.ring.abort(slot)
+
+    async def _publish_first(
+        self, epoch: int, in_flight: deque[tuple[BatchSpec, int, asyncio.Task[FillResult | None]]]
+    ) -> None:
+        spec, slot, task = in_flight[0]
+        result = await task
+        in_flight.popleft()
+        valid, pad = (spec.valid, spec.pad) if result is None else (result.valid, result.pad)
+        fill = self.ring.publish(slot, epoch=epoch, seq=spec.seq, valid=valid, pad=pad)
+        await self.peer.send(Batch(slot, fill, epoch, spec.seq))
+        self._batches_sent += 1
+        if result is not None:
+            await self._report_skipped(result.skipped)
 
     async def _report_skipped(self, skipped: list[PrefetchdError]) -> None:
         """Skip mode: each skipped record is logged here and told to the client, which counts it."""

@@ -1,0 +1,234 @@
+"""A network between the daemon and an S3 server: first-byte latency and per-connection bandwidth.
+
+The kernel here has no netem, so the network is emulated in the application layer: an aiohttp server in
+front of a real S3 server (moto). Object GETs are answered from a copy of the object fetched once from
+upstream (moto's own ~50 MB/s would otherwise be the bottleneck, not the network being emulated); each
+response waits `latency_s` before its first byte and is paced to `bytes_per_s`. Everything else (HEAD,
+PUT, listings, errors such as 404 and 403) is passed to upstream and back, after the same latency.
+`If-Match` and `Range` are honoured as S3 honours them.
+
+Run it as `python -m prefetchd.testing.network_proxy --upstream URL`; it prints its address.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+_LISTENING = re.compile(r"Listening on (http://[\d.]+:\d+)")
+_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "content-encoding"}
+_PIECE_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class _Object:
+    body: bytes
+    headers: dict[str, str]  # what a GET of the whole object answered: ETag, Last-Modified, Content-Type...
+
+
+class Network:
+    """The aiohttp application: latency and pacing in front of `upstream`."""
+
+    def __init__(self, upstream: str, *, latency_s: float, bytes_per_s: float) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.latency_s = latency_s
+        self.bytes_per_s = bytes_per_s
+        self._objects: dict[str, _Object] = {}
+        self._loading: dict[str, asyncio.Lock] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(self.latency_s)
+        is_object_get = request.method == "GET" and not request.query_string and request.path.count("/") >= 2
+        if is_object_get:
+            stored = await self._object(request)
+            if isinstance(stored, _Object):
+                return await self._serve(request, stored)
+            return stored
+        return await self._forward(request)
+
+    async def _client(self) -> aiohttp.ClientSession:
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(auto_decompress=False)
+        return self._session
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        session = await self._client()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        body = await request.read()
+        async with session.request(
+            request.method, self.upstream + request.path_qs, headers=headers, data=body or None
+        ) as answer:
+            payload = await answer.read()
+            out = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
+            if request.method != "HEAD":
+                return web.Response(status=answer.status, headers=out, body=payload)
+            head = web.StreamResponse(status=answer.status, headers=out)
+            head.content_length = int(answer.headers.get("Content-Length", "0"))  # the object's, with no body
+            await head.prepare(request)
+            await head.write_eof()
+            return head
+
+    async def _object(self, request: web.Request) -> _Object | web.Response:
+        """The whole object from upstream, fetched once; or upstream's error response."""
+        key = request.path
+        if key in self._objects:
+            return self._objects[key]
+        lock = self._loading.setdefault(key, asyncio.Lock())
+        async with lock:
+            if key in self._objects:
+                return self._objects[key]
+
+            session = await self._client()
+            headers = {
+                k: v
+                for k, v in request.headers.items()
+                if k.lower() not in _HOP_BY_HOP and k.lower() not in ("range", "if-match")
+            }
+            async with session.get(self.upstream + key, headers=headers) as answer:
+                body = await answer.read()
+                kept = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
+                if answer.status != 200:
+                    return web.Response(status=answer.status, headers=kept, body=body)
+            stored = _Object(body, kept)
+            self._objects[key] = stored
+            return stored
+
+    async def _serve(self, request: web.Request, stored: _Object) -> web.StreamResponse:
+        etag = next((v for k, v in stored.headers.items() if k.lower() == "etag"), "")
+        wanted = request.headers.get("If-Match")
+        if wanted is not None and wanted.strip() != etag:
+            return web.Response(status=412, text="<Error><Code>PreconditionFailed</Code></Error>")
+        size = len(stored.body)
+        start, stop, status = 0, size, 200
+        headers = dict(stored.headers)
+        asked = request.headers.get("Range")
+        if asked:
+            match = _RANGE.match(asked.strip())
+            if match is None or int(match.group(1)) >= size:
+                return web.Response(status=416, text="<Error><Code>InvalidRange</Code></Error>")
+            start = int(match.group(1))
+            stop = min(size, int(match.group(2)) + 1) if match.group(2) else size
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+            # S3 sends no whole-object checksum with a range: clients would check it against the part
+            headers = {k: v for k, v in headers.items() if not k.lower().startswith("x-amz-checksum")}
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = stop - start
+        view = memoryview(stored.body)
+        began = time.monotonic()
+        sent = 0
+        try:
+            await response.prepare(request)
+            for piece in range(start, stop, _PIECE_BYTES):
+                chunk = view[piece : min(stop, piece + _PIECE_BYTES)]
+                await response.write(chunk)
+                sent += len(chunk)
+                ahead = sent / self.bytes_per_s - (time.monotonic() - began)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client hung up mid-body (a stream closed while reading ahead): as on a real network
+        return response
+
+    async def close(self) -> None:
+
+        if self._session is not None:
+            await self._session.close()
+
+
+async def _serve(upstream: str, host: str, port: int, latency_s: float, bytes_per_s: float) -> None:
+
+    network = Network(upstream, latency_s=latency_s, bytes_per_s=bytes_per_s)
+    app = web.Application(client_max_size=1 << 30)
+    app.router.add_route("*", "/{tail:.*}", network.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server
+    assert server is not None
+    address = server.sockets[0].getsockname()  # type: ignore[attr-defined]
+    print(f"Listening on http://{address[0]}:{address[1]}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await network.close()
+        await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency-ms", type=float, default=30.0)
+    parser.add_argument("--megabytes-per-s", type=float, default=90.0, help="per connection")
+    args = parser.parse_args()
+    import uvloop
+
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(_serve(args.upstream, args.host, args.port, args.latency_ms / 1000, args.megabytes_per_s * 1e6))
+
+
+class NetworkProxy:
+    """`with NetworkProxy(s3.endpoint_url) as proxy:` gives an emulated network at `proxy.endpoint_url`."""
+
+    def __init__(self, upstream: str, *, latency_ms: float = 30.0, megabytes_per_s: float = 90.0) -> None:
+        self.args = [
+            "--upstream",
+            upstream,
+            "--latency-ms",
+            str(latency_ms),
+            "--megabytes-per-s",
+            str(megabytes_per_s),
+        ]
+        self.endpoint_url = ""
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> NetworkProxy:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "prefetchd.testing.network_proxy", *self.args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert self._process.stdout is not None
+        ready, _, _ = select.select([self._process.stdout], [], [], 30)
+        line = self._process.stdout.readline().decode() if ready else ""
+        match = _LISTENING.search(line)
+        if match is None:
+            self.__exit__()
+            raise RuntimeError(f"the network proxy did not start: {line!r}")
+        self.endpoint_url = match.group(1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            if self._process.stdout is not None:
+                self._process.stdout.close()
+            self._process = None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The emulated network answers as the S3 server behind it does, only later and slower."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from prefetchd.testing.embedded_s3 import EmbeddedS3
+from prefetchd.testing.network_proxy import NetworkProxy
+from tests.conftest import BUCKET
+
+
+def test_ranges_errors_and_pins_pass_through_with_the_latency_and_pace(
+    s3_server: EmbeddedS3, fashion_urls: dict[str, str]
+) -> None:
+    import botocore.exceptions
+    import botocore.session
+
+    body = bytes(range(256)) * 8192  # 2 MiB
+    s3_server.client().put_object(Bucket=BUCKET, Key="proxy/object", Body=body)
+    with NetworkProxy(s3_server.endpoint_url, latency_ms=50, megabytes_per_s=20) as proxy:
+        client = botocore.session.get_session().create_client(
+            "s3",
+            endpoint_url=proxy.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id="k",
+            aws_secret_access_key="s",
+        )
+        head = client.head_object(Bucket=BUCKET, Key="proxy/object")
+        assert head["ContentLength"] == len(body)
+        started = time.monotonic()
+        part = client.get_object(Bucket=BUCKET, Key="proxy/object", Range="bytes=1000-1099999", IfMatch=head["ETag"])
+        assert part["Body"].read() == body[1000:1100000]
+        assert part["ContentRange"] == f"bytes 1000-1099999/{len(body)}"
+        elapsed = time.monotonic() - started
+        assert elapsed >= 0.05 + 1_099_000 / 20e6 * 0.9, "latency and pace are applied"
+        assert client.get_object(Bucket=BUCKET, Key="proxy/object")["Body"].read() == body
+        with pytest.raises(botocore.exceptions.ClientError) as missing:
+            client.get_object(Bucket=BUCKET, Key="proxy/absent")
+        assert missing.value.response["Error"]["Code"] == "NoSuchKey"
+        with pytest.raises(botocore.exceptions.ClientError) as moved:
+            client.get_object(Bucket=BUCKET, Key="proxy/object", IfMatch='"0000"')
+        assert moved.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412

@@ -147,14 +147,22 @@ def demo() -> None:
 
 
 @main.command()
-@click.option("--rounds", type=click.IntRange(min=1), default=5, help="Epochs per reader")
+@click.option("--rounds", type=click.IntRange(min=1), default=5, help="Timed epochs per reader")
 @click.option("--batch-size", type=click.IntRange(min=1), default=100)
-def bench(rounds: int, batch_size: int) -> None:
-    """Side-by-side epoch throughput: MXNet's local iterator, prefetchd from files, prefetchd from S3."""
+@click.option("--only", type=click.Choice(["mnist", "images"]), help="Run one benchmark [default: both]")
+@click.option("--megabytes", type=click.IntRange(min=1), default=1000, help="Size of the JPEG RecordIO dataset")
+def bench(rounds: int, batch_size: int, only: str | None, megabytes: int) -> None:
+    """Side-by-side throughput: prefetchd (local files, and S3) against MXNet's own local iterators."""
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
-    from .bench.epoch import run
+    say = click.echo
+    if only in (None, "mnist"):
+        from .bench.epoch import run
 
-    run(rounds=rounds, batch_size=batch_size, say=lambda line: click.echo(line))
+        run(rounds=rounds, batch_size=batch_size, say=say)
+    if only in (None, "images"):
+        from .bench.images import run as run_images
+
+        run_images(rounds=min(rounds, 3), megabytes=megabytes, batch_size=batch_size, say=say)
 
 
 if __name__ == "__main__":

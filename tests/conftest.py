@@ -73,3 +73,17 @@ class Objects:
 @pytest.fixture
 def objects(s3_server: EmbeddedS3, fashion_urls: dict[str, str], request: pytest.FixtureRequest) -> Objects:
     return Objects(s3_server, f"tests/{request.node.name}")
+
+
+@pytest.fixture(scope="session")
+def caltech_rec(s3_server: EmbeddedS3, fashion_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small stand-in for the seed's caltech_train.rec (photo-sized JPEGs) in the training-data folder."""
+    import numpy as np
+
+    from prefetchd.testing.image_records import images, write_rec
+
+    pictures = list(images(10, np.random.default_rng(7), [(300, 400), (260, 300)]))
+    files = write_rec(
+        tmp_path_factory.mktemp("caltech") / "caltech_train.rec", pictures, [float(i % 3) for i in range(10)]
+    )
+    return s3_server.upload_files(BUCKET, "training-data", [files.rec, files.idx])[0]

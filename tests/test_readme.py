@@ -27,8 +27,12 @@ CASES = [
 
 
 @pytest.mark.parametrize("example", CASES)
-def test_readme_example_runs(example: str, daemon: DaemonProcess, fashion_urls: dict[str, str]) -> None:
+def test_readme_example_runs(
+    example: str, daemon: DaemonProcess, fashion_urls: dict[str, str], request: pytest.FixtureRequest
+) -> None:
     assert "s3://bucket-name/training-data/" in example
+    if "caltech_train.rec" in example:
+        request.getfixturevalue("caltech_rec")
     result = subprocess.run(
         [sys.executable, "-c", example],
         capture_output=True,

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,3 +136,21 @@ class RangeScheduler:
     def __repr__(self) -> str:
         s = self.statistics()
         return f"<RangeScheduler issued={s.issued} in_flight={s.in_flight} held={s.held_bytes}B>"
+
+
+@asynccontextmanager
+async def fetching(scheduler: RangeScheduler) -> AsyncIterator[RangeScheduler]:
+    """Run `scheduler` while the block runs; drop its buffers after. The block's own error comes out unwrapped."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            task = group.create_task(scheduler.run())
+            try:
+                yield scheduler
+            finally:
+                task.cancel()
+    except BaseExceptionGroup as group_error:
+        # the fetch task only fails by being cancelled (read errors go to get()): surface the block's error
+        errors = group_error.exceptions
+        raise errors[0] if len(errors) == 1 else group_error from None
+    finally:
+        scheduler.close()

@@ -26,7 +26,7 @@ from ..config import Config
 from ..decode.mnist import decode_images, decode_labels
 from ..fetch.policy import choose_chunk_bytes
 from ..fetch.router import SourceRouter
-from ..fetch.scheduler import RangeRequest, RangeScheduler
+from ..fetch.scheduler import RangeRequest, RangeScheduler, fetching
 from ..fetch.source import ObjectInfo
 from ..formats import idx
 from ..plan.epoch import LAST_BATCH_MODES, BatchSpec, EpochPlan, partition, plan_epoch
@@ -210,19 +210,8 @@ class IdxReader:
     @asynccontextmanager
     async def start_epoch(self, plan: EpochPlan, first_batch: int) -> AsyncIterator[IdxEpoch]:
         epoch = IdxEpoch(self, plan, first_batch)
-        try:
-            async with asyncio.TaskGroup() as group:
-                fetching = group.create_task(epoch.scheduler.run())
-                try:
-                    yield epoch
-                finally:
-                    fetching.cancel()
-        except BaseExceptionGroup as group_error:
-            # the fetch task only fails by being cancelled; surface the consumer's own error unwrapped
-            errors = group_error.exceptions
-            raise errors[0] if len(errors) == 1 else group_error from None
-        finally:
-            epoch.scheduler.close()
+        async with fetching(epoch.scheduler):
+            yield epoch
 
 
 class IdxEpoch:

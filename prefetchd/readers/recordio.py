@@ -31,7 +31,7 @@ from ..decode.pool import DecodePool, RingLease
 from ..decode.staging import StagingPool
 from ..decode.worker import DecodeJob, Failure, OutputRows
 from ..fetch.router import SourceRouter
-from ..fetch.scheduler import RangeRequest, RangeScheduler
+from ..fetch.scheduler import RangeRequest, RangeScheduler, fetching
 from ..fetch.source import ObjectInfo
 from ..formats import recordio
 from ..plan.epoch import BatchSpec, EpochPlan, plan_epoch
@@ -39,7 +39,6 @@ from ..ring.segment import Segment
 from .base import FillResult, ReaderShape, run_to_completion
 from .idx import check_batching, stat_all
 
-_READER_KEYS = {"label_width", "skip_bad", "preprocess_threads"}
 _SCANNED: OrderedDict[tuple[str, str], NDArray[np.int64]] = OrderedDict()  # (url, version) → record offsets
 _SCANNED_KEEP = 16
 
@@ -49,7 +48,7 @@ class RecordIOOptions:
     image: ImageOptions
     label_width: int
     skip_bad: bool
-    preprocess_threads: int  # at most this many workers decode one batch
+    preprocess_threads: int  # decode workers that serve the stream (0: all of them)
 
 
 def parse_options(request: Open) -> RecordIOOptions:
@@ -77,10 +76,12 @@ async def read_whole(router: SourceRouter, info: ObjectInfo) -> bytes:
     return bytes(buffer)
 
 
-async def scan_offsets(
-    router: SourceRouter, info: ObjectInfo, executor: Executor, chunk_bytes: int
-) -> NDArray[np.int64]:
-    """Every record's offset, by framing the whole object once (no .idx given); cached per object version."""
+async def scan_offsets(router: SourceRouter, info: ObjectInfo, executor: Executor, config: Config) -> NDArray[np.int64]:
+    """Every record's offset, by framing the whole object once (no .idx given); cached per object version.
+
+    The object is fetched as the epochs fetch it (many ranges in flight, within the budget) and framed in
+    order, in a thread, chunk by chunk as they arrive.
+    """
     key = (info.url, info.version)
     cached = _SCANNED.get(key)
     if cached is not None:
@@ -89,24 +90,19 @@ async def scan_offsets(
     framer = recordio.RecordFramer(url=info.url)
     offsets: list[int] = []
 
-    def frame(data: bytearray) -> None:
-        offsets.extend(record.offset for record in framer.feed(memoryview(data)))
+    def frame(data: NDArray[np.uint8]) -> None:
+        offsets.extend(record.offset for record in framer.feed(data.data))
 
-    async def read(start: int) -> bytearray:
-        buffer = bytearray(min(chunk_bytes, info.size - start))
-        await router.read_range(info, start, memoryview(buffer))
-        return buffer
-
-    async def nothing() -> bytearray:
-        return bytearray()
-
-    data = await read(0) if info.size else bytearray()
-    position = len(data)
-    while data:
-        # frame this chunk in a thread while the next one is fetched
-        upcoming = read(position) if position < info.size else nothing()
-        data, _ = await asyncio.gather(upcoming, run_to_completion(executor, functools.partial(frame, data)))
-        position += len(data)
+    chunk = config.chunk_bytes
+    count = -(-info.size // chunk)
+    requests = (RangeRequest(k, info, k * chunk, min(chunk, info.size - k * chunk)) for k in range(count))
+    scheduler = RangeScheduler(
+        router.read_range, requests, concurrency=config.max_concurrency, budget_bytes=config.stream_budget_bytes
+    )
+    async with fetching(scheduler):
+        for k in range(count):
+            await run_to_completion(executor, functools.partial(frame, await scheduler.get(k)))
+            scheduler.release(k)
     framer.finish()
     result = np.asarray(offsets, dtype=np.int64)
     _SCANNED[key] = result
@@ -208,7 +204,7 @@ class RecordIOReader:
             offsets = await run_to_completion(executor, lambda: recordio.parse_index(text, url=infos[1].url))
             part = recordio.index_partition(len(offsets), request.num_parts, request.part_index)
         else:
-            offsets = await scan_offsets(router, rec, executor, config.chunk_bytes)
+            offsets = await scan_offsets(router, rec, executor, config)
             begin, end = recordio.byte_partition(rec.size, request.num_parts, request.part_index)
             part = range(int(np.searchsorted(offsets, begin)), int(np.searchsorted(offsets, end)))
         return cls(request, options, objects, offsets, part, router=router, config=config, executor=executor, pool=pool)
@@ -254,18 +250,8 @@ class RecordIOReader:
     @asynccontextmanager
     async def start_epoch(self, plan: EpochPlan, first_batch: int) -> AsyncIterator[RecordIOEpoch]:
         epoch = RecordIOEpoch(self, plan, first_batch)
-        try:
-            async with asyncio.TaskGroup() as group:
-                fetching = group.create_task(epoch.scheduler.run())
-                try:
-                    yield epoch
-                finally:
-                    fetching.cancel()
-        except BaseExceptionGroup as group_error:
-            errors = group_error.exceptions
-            raise errors[0] if len(errors) == 1 else group_error from None
-        finally:
-            epoch.scheduler.close()
+        async with fetching(epoch.scheduler):
+            yield epoch
 
 
 class RecordIOEpoch:

@@ -193,3 +193,21 @@ def test_round_batch_false_reports_its_padding(tmp_path: Path, objects: Objects,
         batches = [(b.label[0].asnumpy().tolist(), b.pad) for b in ours]
         assert batches == [([0, 1, 2, 3], 0), ([4, 5, 6, 7], 0), ([8, 9, 0, 1], 2)]
         ours.reset()
+
+
+def test_pad_mirror_and_area_resize_match_mxnet(tmp_path: Path, objects: Objects, daemon: DaemonProcess) -> None:
+    files = _dataset(tmp_path, "padded", 9, sizes=[(40, 56), (64, 48)])
+    reference, ours = _pair(
+        files,
+        _upload(objects, files),
+        daemon,
+        index=True,
+        data_shape=(3, 32, 32),
+        resize=30,
+        pad=3,
+        fill_value=17,
+        mirror=True,
+        inter_method=3,
+        batch_size=4,
+    )
+    assert assert_same_batches(reference, ours) == 3

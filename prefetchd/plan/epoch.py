@@ -65,6 +65,14 @@ class EpochPlan:
             records = np.concatenate([records, np.resize(source, pad)])
         return BatchSpec(seq, records, valid, pad)
 
+    def records_from(self, first_batch: int) -> NDArray[np.int64]:
+        """Every record the epoch reads from batch `first_batch` on, pads included, in visiting order."""
+        count = self.batch_count
+        if first_batch >= count:
+            return np.empty(0, dtype=np.int64)
+        whole = self.order[first_batch * self.batch_size : (count - 1) * self.batch_size]
+        return np.concatenate([whole, self.batch(count - 1).records])
+
 
 def batch_count(samples: int, batch_size: int, last_batch: str) -> int:
     if last_batch == "discard":

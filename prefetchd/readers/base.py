@@ -14,12 +14,14 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+import numpy as np
 from numpy.typing import NDArray
 
 from prefetchd_client.errors import PrefetchdError
+from prefetchd_client.protocol import Open
 
 from ..fetch.source import ObjectInfo
-from ..plan.epoch import BatchSpec, EpochPlan
+from ..plan.epoch import BatchSpec, EpochPlan, plan_epoch
 from ..ring.segment import Segment
 
 T = TypeVar("T")
@@ -66,6 +68,37 @@ class Reader(Protocol):
     def plan(self, epoch: int) -> EpochPlan: ...
 
     def start_epoch(self, plan: EpochPlan, first_batch: int) -> AbstractAsyncContextManager[EpochFill]: ...
+
+
+def plan_for(request: Open, part: range, epoch: int, window: int) -> EpochPlan:
+    """Epoch `epoch` of `part` as the stream's Open asks for it."""
+    return plan_epoch(
+        part,
+        epoch=epoch,
+        batch_size=request.batch_size,
+        shuffle=request.shuffle,
+        seed=request.seed,
+        reshuffle=request.reshuffle,
+        last_batch=request.last_batch,
+        window=window,
+    )
+
+
+class ChunkUses:
+    """Which chunks an epoch reads, in the order it first needs them; a chunk is released after its last use."""
+
+    def __init__(self, visited: NDArray[np.int64]) -> None:
+        ids, first_use, uses = np.unique(visited, return_index=True, return_counts=True)
+        self.need_order: list[int] = ids[np.argsort(first_use, kind="stable")].tolist()
+        self._left = dict(zip(ids.tolist(), uses.tolist(), strict=True))
+
+    def used(self, chunks: NDArray[np.int64], release: Callable[[int], None]) -> None:
+        """A batch has used `chunks` (one entry per record); release those it used for the last time."""
+        for chunk, count in zip(*np.unique(chunks, return_counts=True), strict=True):
+            left = self._left[int(chunk)] - int(count)
+            self._left[int(chunk)] = left
+            if left == 0:
+                release(int(chunk))
 
 
 async def run_to_completion(executor: Executor, work: Callable[[], T]) -> T:

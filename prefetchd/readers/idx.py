@@ -31,7 +31,7 @@ from ..fetch.source import ObjectInfo
 from ..formats import idx
 from ..plan.epoch import LAST_BATCH_MODES, BatchSpec, EpochPlan, partition, plan_epoch
 from ..ring.segment import Segment
-from .base import ReaderShape, run_to_completion
+from .base import ChunkUses, ReaderShape, plan_for, run_to_completion
 
 OUTPUT_DTYPES = ("float32", "float16", "float64")
 INLINE_DECODE_BYTES = 1 << 20  # smaller batches decode on the loop (~0.1 ms for 100 MNIST images)
@@ -195,17 +195,7 @@ class IdxReader:
         ]
 
     def plan(self, epoch: int) -> EpochPlan:
-        r = self.request
-        return plan_epoch(
-            self.part,
-            epoch=epoch,
-            batch_size=r.batch_size,
-            shuffle=r.shuffle,
-            seed=r.seed,
-            reshuffle=r.reshuffle,
-            last_batch=r.last_batch,
-            window=self.window_records,
-        )
+        return plan_for(self.request, self.part, epoch, self.window_records)
 
     @asynccontextmanager
     async def start_epoch(self, plan: EpochPlan, first_batch: int) -> AsyncIterator[IdxEpoch]:
@@ -219,11 +209,10 @@ class IdxEpoch:
 
     def __init__(self, reader: IdxReader, plan: EpochPlan, first_batch: int) -> None:
         self.reader = reader
-        records = _records_from(plan, first_batch)
+        records = plan.records_from(first_batch)
         chunks = records // reader.chunk_records
-        chunk_ids, first_use, uses = np.unique(chunks, return_index=True, return_counts=True)
-        self._uses = dict(zip(chunk_ids.tolist(), uses.tolist(), strict=True))
-        need_order = chunk_ids[np.argsort(first_use, kind="stable")].tolist()
+        self._uses = ChunkUses(chunks)
+        need_order = self._uses.need_order
         header, cr = reader.header, reader.chunk_records
         requests = (
             RangeRequest(
@@ -260,21 +249,7 @@ class IdxEpoch:
             decode()
         else:
             await run_to_completion(reader._executor, decode)
-        for c, used in zip(*np.unique(chunks, return_counts=True), strict=True):
-            left = self._uses[int(c)] - int(used)
-            self._uses[int(c)] = left
-            if left == 0:
-                self.scheduler.release(int(c))
-
-
-def _records_from(plan: EpochPlan, first_batch: int) -> NDArray[Any]:
-    """Every record the epoch still reads from `first_batch` on, pads included, in visiting order."""
-    count = plan.batch_count
-    if first_batch >= count:
-        return np.empty(0, dtype=np.int64)
-    parts = [plan.order[first_batch * plan.batch_size : (count - 1) * plan.batch_size]]
-    parts.append(plan.batch(count - 1).records)
-    return np.concatenate(parts)
+        self._uses.used(chunks, self.scheduler.release)
 
 
 def gather_records(

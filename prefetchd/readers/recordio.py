@@ -34,9 +34,9 @@ from ..fetch.router import SourceRouter
 from ..fetch.scheduler import RangeRequest, RangeScheduler, fetching
 from ..fetch.source import ObjectInfo
 from ..formats import recordio
-from ..plan.epoch import BatchSpec, EpochPlan, plan_epoch
+from ..plan.epoch import BatchSpec, EpochPlan
 from ..ring.segment import Segment
-from .base import FillResult, ReaderShape, run_to_completion
+from .base import ChunkUses, FillResult, ReaderShape, plan_for, run_to_completion
 from .idx import check_batching, stat_all
 
 _SCANNED: OrderedDict[tuple[str, str], NDArray[np.int64]] = OrderedDict()  # (url, version) → record offsets
@@ -235,17 +235,7 @@ class RecordIOReader:
             self._lease = None
 
     def plan(self, epoch: int) -> EpochPlan:
-        r = self.request
-        return plan_epoch(
-            self.part,
-            epoch=epoch,
-            batch_size=r.batch_size,
-            shuffle=r.shuffle,
-            seed=r.seed,
-            reshuffle=r.reshuffle,
-            last_batch=r.last_batch,
-            window=self.window_records,
-        )
+        return plan_for(self.request, self.part, epoch, self.window_records)
 
     @asynccontextmanager
     async def start_epoch(self, plan: EpochPlan, first_batch: int) -> AsyncIterator[RecordIOEpoch]:
@@ -260,11 +250,10 @@ class RecordIOEpoch:
     def __init__(self, reader: RecordIOReader, plan: EpochPlan, first_batch: int) -> None:
         self.reader = reader
         self.plan = plan
-        records = _records_from(plan, first_batch)
+        records = plan.records_from(first_batch)
         chunks = reader.chunks.of_record[records - reader.part.start]
-        chunk_ids, first_use, uses = np.unique(chunks, return_index=True, return_counts=True)
-        self._uses = dict(zip(chunk_ids.tolist(), uses.tolist(), strict=True))
-        need_order = chunk_ids[np.argsort(first_use, kind="stable")].tolist()
+        self._uses = ChunkUses(chunks)
+        need_order = self._uses.need_order
         c = reader.chunks
         requests = (RangeRequest(k, reader.rec, int(c.start[k]), int(c.size[k])) for k in need_order)
         config = reader._config
@@ -287,11 +276,7 @@ class RecordIOEpoch:
         async with staging.area(int(lengths.sum())) as area:
             placed = _place(area.map, records, chunks, buffers, reader)
             failures = await self._decode(spec, out, lease, area.mapping, placed)
-        for c, used in zip(*np.unique(chunks, return_counts=True), strict=True):
-            left = self._uses[int(c)] - int(used)
-            self._uses[int(c)] = left
-            if left == 0:
-                self.scheduler.release(int(c))
+        self._uses.used(chunks, self.scheduler.release)
         if failures:
             return await self._handle_failures(spec, out, failures)
         return None
@@ -384,12 +369,3 @@ def _place(
         placed.append((position, size, offset))
         position += size
     return placed
-
-
-def _records_from(plan: EpochPlan, first_batch: int) -> NDArray[np.int64]:
-    count = plan.batch_count
-    if first_batch >= count:
-        return np.empty(0, dtype=np.int64)
-    parts = [plan.order[first_batch * plan.batch_size : (count - 1) * plan.batch_size]]
-    parts.append(plan.batch(count - 1).records)
-    return np.concatenate(parts)

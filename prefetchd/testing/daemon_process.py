@@ -12,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .processes import stop_child
+
 
 class DaemonProcess:
     """`with DaemonProcess(env=...) as daemon:` runs a daemon on a private socket until the block ends."""
@@ -96,11 +98,4 @@ class DaemonProcess:
         if self.process is None:
             return None
         process, self.process = self.process, None
-        if process.poll() is None:
-            process.send_signal(sig)
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
+        return stop_child(process, sig, timeout_s)

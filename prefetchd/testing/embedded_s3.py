@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .processes import stop_child
+
 _RUNNING = re.compile(r"Running on (http://[\d.]+:\d+)")
 
 # moto accepts any credentials; these make the AWS credential chain resolve without touching ~/.aws
@@ -90,14 +92,7 @@ class EmbeddedS3:
 
     def __exit__(self, *exc: object) -> None:
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-            if self._process.stdout is not None:
-                self._process.stdout.close()
+            stop_child(self._process)
             self._process = None
 
     def environment(self) -> dict[str, str]:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
+from .processes import stop_child
+
 _LISTENING = re.compile(r"Listening on (http://[\d.]+:\d+)")
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "content-encoding"}
@@ -219,14 +221,7 @@ class NetworkProxy:
 
     def __exit__(self, *exc: object) -> None:
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-            if self._process.stdout is not None:
-                self._process.stdout.close()
+            stop_child(self._process)
             self._process = None
 
 

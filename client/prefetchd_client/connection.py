@@ -89,9 +89,18 @@ class Connection:
         try:
             self._sock.sendall(encode(message))
         except (BrokenPipeError, ConnectionResetError) as exc:
+            self._raise_last_words()
             raise DaemonUnavailable(f"the prefetchd daemon at {self.path} went away ({exc.strerror})") from exc
         except TimeoutError as exc:
             raise DaemonUnavailable(f"the prefetchd daemon at {self.path} stopped reading") from exc
+
+    def _raise_last_words(self) -> None:
+        """A daemon that ends a stream sends an error frame, then closes: raise that rather than a bare EPIPE."""
+        try:
+            while True:
+                self.receive(timeout_s=0.05, waiting_for="the daemon's last frame")
+        except (DaemonUnavailable, BatchTimeout):
+            return
 
     def receive(self, *, timeout_s: float | None, waiting_for: str = "a message") -> Message:
         """The next message. Fatal `Error` frames are raised as the error class they name; others are returned."""

@@ -58,6 +58,11 @@ def main() -> None:
     help="Fetched-but-unconsumed bytes per stream, e.g. 512MiB [default: 512MiB]",
 )
 @click.option("--ring-size", "ring_bytes", help="Target shared memory per stream [default: 64MiB]")
+@click.option(
+    "--cache-size",
+    "cache_bytes",
+    help="RAM for the epoch cache of S3 ranges, shared by all streams; 0 turns it off [default: 2GiB]",
+)
 @click.option("--decode-threads", type=click.IntRange(min=1), help="Threads for large decodes [default: 2]")
 @click.option(
     "--decode-processes",

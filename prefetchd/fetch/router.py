@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 
 from ..config import Config
+from .cache import ChunkCache
 from .local import LocalSource
 from .s3 import S3Source
 from .source import ObjectInfo, Source, scheme_of
@@ -18,6 +19,7 @@ class SourceRouter:
         self._stack = AsyncExitStack()
         self.local = LocalSource()
         self.s3: S3Source | None = None
+        self.cache = ChunkCache(config.cache_bytes) if config.cache_bytes else None
 
     async def __aenter__(self) -> SourceRouter:
         self.s3 = await self._stack.enter_async_context(
@@ -33,6 +35,10 @@ class SourceRouter:
             assert self.s3 is not None, "SourceRouter used outside its context"
             return self.s3
         return self.local
+
+    def cache_for(self, info: ObjectInfo) -> ChunkCache | None:
+        """The epoch cache for remote objects; local files have the kernel's page cache already."""
+        return self.cache if scheme_of(info.url) == "s3" else None
 
     async def stat(self, url: str) -> ObjectInfo:
         return await self.source_for(url).stat(url)

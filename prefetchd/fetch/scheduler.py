@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-from .source import ObjectInfo
+from .cache import ChunkCache
+from .source import ObjectInfo, ReadRange
 
 ByteArray = NDArray[np.uint8]
-ReadRange = Callable[[ObjectInfo, int, memoryview], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +46,16 @@ class RangeScheduler:
     """Fetches a plan's ranges into fresh buffers, at most `concurrency` at a time, within `budget_bytes`."""
 
     def __init__(
-        self, read_range: ReadRange, requests: Iterable[RangeRequest], *, concurrency: int, budget_bytes: int
+        self,
+        read_range: ReadRange,
+        requests: Iterable[RangeRequest],
+        *,
+        concurrency: int,
+        budget_bytes: int,
+        cache: ChunkCache | None = None,
     ) -> None:
         self._read_range = read_range
+        self._cache = cache
         self._requests = iter(requests)
         self._concurrency = asyncio.Semaphore(concurrency)
         self._budget_bytes = budget_bytes
@@ -89,8 +96,11 @@ class RangeScheduler:
         started = time.perf_counter()
         self._in_flight += 1
         try:
-            buffer = np.empty(request.size, dtype=np.uint8)
-            await self._read_range(request.info, request.start, buffer.data)
+            if self._cache is not None:
+                buffer = await self._cache.fetch(request.info, request.start, request.size, self._read_range)
+            else:
+                buffer = np.empty(request.size, dtype=np.uint8)
+                await self._read_range(request.info, request.start, buffer.data)
         except Exception as exc:  # delivered to the consumer, which raises it in its own context
             if not future.done():
                 future.set_exception(exc)

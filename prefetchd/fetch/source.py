@@ -6,6 +6,7 @@ source by URL scheme: `s3://bucket/key`, `file:///path`, or a plain path.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
@@ -73,3 +74,6 @@ def scheme_of(url: str) -> str:
         f"{url!r}: the {scheme}:// scheme is not supported; use s3://bucket/key, file:///path or a path",
         url=url,
     )
+
+
+ReadRange = Callable[[ObjectInfo, int, memoryview], Awaitable[None]]  # fill the memoryview from that offset on

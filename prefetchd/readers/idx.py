@@ -229,6 +229,7 @@ class IdxEpoch:
             requests,
             concurrency=config.max_concurrency,
             budget_bytes=config.stream_budget_bytes,
+            cache=reader._router.cache_for(reader.image),
         )
 
     async def fill(self, spec: BatchSpec, out: dict[str, NDArray[Any]]) -> None:

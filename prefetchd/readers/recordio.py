@@ -262,6 +262,7 @@ class RecordIOEpoch:
             requests,
             concurrency=config.max_concurrency,
             budget_bytes=config.stream_budget_bytes,
+            cache=reader._router.cache_for(reader.rec),
         )
 
     async def fill(self, spec: BatchSpec, out: dict[str, NDArray[Any]]) -> FillResult | None:

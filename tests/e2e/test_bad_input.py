@@ -143,15 +143,31 @@ def test_unknown_format_is_refused(daemon: DaemonProcess) -> None:
         BatchIterator(request, socket_path=daemon.socket_path)
 
 
-def test_object_overwritten_mid_stream_fails_the_epoch_not_mixes_it(daemon: DaemonProcess, objects: Objects) -> None:
+def test_object_overwritten_mid_stream_fails_the_epoch_not_mixes_it(s3_server: EmbeddedS3, objects: Objects) -> None:
     images = np.zeros((2000, 28, 28), dtype=np.uint8)
     image = objects.put("images", idx_bytes(images))
     label = objects.put("labels", idx_bytes(np.zeros(2000, dtype=np.uint8)))
-    with _open(daemon, image, label, batch_size=10) as it:
+    # without the epoch cache every epoch refetches, and the pinned ETag catches the overwrite
+    uncached = DaemonProcess(env=s3_server.environment(), args=("--cache-size", "0"))
+    with uncached, _open(uncached, image, label, batch_size=10) as it:
         next(it)
         objects.put("images", idx_bytes(images + 1))  # same size, new ETag
         with pytest.raises(ObjectChanged, match=re.escape(image) + r" was overwritten after the stream opened it"):
             _drain_epochs(it, 3, check=lambda data: not data.any())  # epoch 1 refetches after the overwrite
+
+
+def test_with_the_cache_a_stream_keeps_its_version_and_a_new_stream_gets_the_new_one(
+    daemon: DaemonProcess, objects: Objects
+) -> None:
+    images = np.zeros((2000, 28, 28), dtype=np.uint8)
+    image = objects.put("images", idx_bytes(images))
+    label = objects.put("labels", idx_bytes(np.zeros(2000, dtype=np.uint8)))
+    with _open(daemon, image, label, batch_size=1000) as it:
+        _drain_epochs(it, 1)  # the whole object is cached now
+        objects.put("images", idx_bytes(images + 1))
+        _drain_epochs(it, 2, check=lambda data: not data.any())  # the version it pinned, from the cache
+    with _open(daemon, image, label, batch_size=1000) as it:
+        _drain_epochs(it, 1, check=lambda data: bool((data > 0).all()))
 
 
 def test_daemon_not_running_fails_at_once(tmp_path: Path) -> None:

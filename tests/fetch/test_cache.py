@@ -1,0 +1,96 @@
+"""The epoch cache, over a real local file: hits serve identical bytes, new versions and budgets are honoured."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prefetchd.fetch.cache import ChunkCache
+from prefetchd.fetch.local import LocalSource
+from prefetchd.fetch.source import ObjectInfo
+
+
+class CountingSource:
+    """A real local file source that counts the reads that reach it."""
+
+    def __init__(self) -> None:
+        self.source = LocalSource()
+        self.reads: list[tuple[int, int]] = []
+
+    async def read_range(self, info: ObjectInfo, start: int, out: memoryview) -> None:
+        self.reads.append((start, len(out)))
+        await self.source.read_range(info, start, out)
+
+
+def _write(path: Path, data: bytes) -> ObjectInfo:
+    path.write_bytes(data)
+    return asyncio.run(LocalSource().stat(str(path)))
+
+
+def test_a_hit_serves_the_same_bytes_without_reading_again(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).integers(0, 256, 10_000, dtype=np.uint8).tobytes()
+    info = _write(tmp_path / "object", data)
+    cache, source = ChunkCache(1 << 20), CountingSource()
+
+    async def twice() -> tuple[bytes, bytes]:
+        first = await cache.fetch(info, 1000, 3000, source.read_range)
+        second = await cache.fetch(info, 1000, 3000, source.read_range)
+        assert second is first
+        assert not second.flags.writeable, "a shared buffer must not be written"
+        return first.tobytes(), second.tobytes()
+
+    first, second = asyncio.run(twice())
+    assert first == second == data[1000:4000]
+    assert source.reads == [(1000, 3000)]
+    assert cache.statistics().hits == 1 and cache.statistics().misses == 1
+
+
+def test_a_changed_object_is_read_afresh_and_its_old_ranges_are_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "object"
+    old = _write(path, b"a" * 4096)
+    cache, source = ChunkCache(1 << 20), CountingSource()
+    assert asyncio.run(cache.fetch(old, 0, 4096, source.read_range)).tobytes() == b"a" * 4096
+    new = _write(path, b"b" * 5000)
+    assert new.version != old.version
+    assert asyncio.run(cache.fetch(new, 0, 4096, source.read_range)).tobytes() == b"b" * 4096
+    assert len(source.reads) == 2
+    assert cache.statistics().entries == 1 and cache.statistics().held_bytes == 4096
+
+
+def test_least_recently_used_ranges_go_first_and_oversized_ones_are_never_kept(tmp_path: Path) -> None:
+    info = _write(tmp_path / "object", bytes(range(256)) * 64)
+    cache, source = ChunkCache(3000), CountingSource()
+
+    async def run() -> None:
+        for start in (0, 1000, 2000):
+            await cache.fetch(info, start, 1000, source.read_range)
+        await cache.fetch(info, 0, 1000, source.read_range)  # 0 is now the most recent
+        await cache.fetch(info, 3000, 1000, source.read_range)  # evicts 1000, the least recent
+        await cache.fetch(info, 0, 1000, source.read_range)
+        await cache.fetch(info, 1000, 1000, source.read_range)
+        await cache.fetch(info, 5000, 4000, source.read_range)  # bigger than the budget
+        await cache.fetch(info, 5000, 4000, source.read_range)
+
+    asyncio.run(run())
+    assert source.reads == [
+        (0, 1000),
+        (1000, 1000),
+        (2000, 1000),
+        (3000, 1000),
+        (1000, 1000),
+        (5000, 4000),
+        (5000, 4000),
+    ]
+    assert cache.statistics().held_bytes <= 3000
+
+
+def test_a_failed_read_is_not_cached(tmp_path: Path) -> None:
+    info = _write(tmp_path / "object", b"x" * 100)
+    cache, source = ChunkCache(1 << 20), CountingSource()
+    (tmp_path / "object").write_bytes(b"y" * 100)  # the pinned version no longer matches
+    with pytest.raises(Exception, match="changed"):
+        asyncio.run(cache.fetch(info, 0, 100, source.read_range))
+    assert cache.statistics().entries == 0

@@ -174,6 +174,7 @@ def _field_checkers(cls: type[Message]) -> dict[str, tuple[type, ...]]:
 
 
 _CHECKERS = {name: _field_checkers(cls) for name, cls in MESSAGE_TYPES.items()}
+_FIELD_NAMES = {name: tuple(f.name for f in dataclasses.fields(cls)) for name, cls in MESSAGE_TYPES.items()}
 
 
 def _accepts(value: Any, allowed: tuple[type, ...]) -> bool:
@@ -208,10 +209,17 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+# made once: json.dumps/json.loads with options build a new encoder/decoder on every call
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, object_pairs_hook=_refuse_duplicates)
+
+
 def encode(message: Message) -> bytes:
     """One frame: length prefix and JSON body."""
-    body = {"type": message.TYPE, **dataclasses.asdict(message)}
-    payload = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    body = {"type": message.TYPE}
+    for name in _FIELD_NAMES[message.TYPE]:  # shallow: json.dumps copies nothing, and asdict's deep copy costs
+        body[name] = getattr(message, name)
+    payload = _ENCODER.encode(body).encode()
     if len(payload) > MAX_FRAME_BYTES:
         raise ValueError(f"{message.TYPE} frame of {len(payload)} bytes exceeds {MAX_FRAME_BYTES}")
     return LENGTH_PREFIX.pack(len(payload)) + payload
@@ -224,7 +232,7 @@ def decode_body(payload: bytes) -> Message:
     except UnicodeDecodeError as exc:
         raise RemoteProtocolError(f"frame body is not UTF-8: {exc}") from exc
     try:
-        obj = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_refuse_duplicates)
+        obj = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:  # also a 4300-digit int, or arrays nested thousands deep
         raise RemoteProtocolError(f"frame body is not JSON: {exc}") from exc
     if not isinstance(obj, dict):

@@ -8,6 +8,7 @@ and knows nothing about formats.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Executor
 from contextlib import AbstractAsyncContextManager
@@ -94,11 +95,11 @@ class ChunkUses:
 
     def used(self, chunks: NDArray[np.int64], release: Callable[[int], None]) -> None:
         """A batch has used `chunks` (one entry per record); release those it used for the last time."""
-        for chunk, count in zip(*np.unique(chunks, return_counts=True), strict=True):
-            left = self._left[int(chunk)] - int(count)
-            self._left[int(chunk)] = left
+        for chunk, count in Counter(chunks.tolist()).items():  # a batch spans a chunk or two: np.unique costs more
+            left = self._left[chunk] - count
+            self._left[chunk] = left
             if left == 0:
-                release(int(chunk))
+                release(chunk)
 
 
 async def run_to_completion(executor: Executor, work: Callable[[], T]) -> T:

@@ -236,12 +236,14 @@ class IdxEpoch:
         reader = self.reader
         records = spec.records
         chunks = records // reader.chunk_records
-        needed = np.unique(chunks).tolist()
+        needed = sorted(set(chunks.tolist()))
         buffers = {c: await self.scheduler.get(c) for c in needed}
         n = len(records)
 
         def decode() -> None:
-            rows = gather_records(buffers, records, chunks, reader.chunk_records, reader.header.record_bytes)
+            rows = _contiguous_rows(buffers, records, reader.chunk_records, reader.header.record_bytes)
+            if rows is None:
+                rows = gather_records(buffers, records, chunks, reader.chunk_records, reader.header.record_bytes)
             decode_images(rows.view(reader.header.dtype), out["data"][:n])
             decode_labels(reader.labels[records - reader.part.start], out["label"][:n])
             out["index"][:n] = records
@@ -251,6 +253,19 @@ class IdxEpoch:
         else:
             await run_to_completion(reader._executor, decode)
         self._uses.used(chunks, self.scheduler.release)
+
+
+def _contiguous_rows(
+    buffers: dict[int, NDArray[np.uint8]], records: NDArray[np.int64], chunk_records: int, record_bytes: int
+) -> NDArray[np.uint8] | None:
+    """The rows of `records` as a view of their chunk, when they are consecutive within one (unshuffled reads)."""
+    if len(buffers) != 1 or not len(records) or int(records[-1]) - int(records[0]) != len(records) - 1:
+        return None
+    ((chunk, buffer),) = buffers.items()
+    first = int(records[0]) - chunk * chunk_records
+    if not np.array_equal(records, np.arange(records[0], records[0] + len(records))):
+        return None
+    return buffer.reshape(-1, record_bytes)[first : first + len(records)]
 
 
 def gather_records(

@@ -161,3 +161,19 @@ def test_drop_in_can_reshuffle_every_epoch(
     second = np.concatenate([batch.index for batch in ours])
     assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(10_000))
     assert not np.array_equal(first, second)
+
+
+def test_a_batch_stays_valid_for_as_many_next_calls_as_with_mxnet(
+    daemon: DaemonProcess, fashion_dir: Path, fashion_urls: dict[str, str]
+) -> None:
+    local, remote = _pair("t10k", fashion_dir, fashion_urls)
+    args = {"batch_size": 100, "shuffle": False, "silent": True}
+    for iterator in (
+        mx.io.MNISTIter(**local, **args),
+        MNISTIter(**remote, **args, socket_path=str(daemon.socket_path)),
+    ):
+        first = next(iterator)
+        kept = first.data[0].asnumpy().copy(), first.label[0].asnumpy().copy()
+        for _ in range(3):
+            next(iterator)
+        assert (first.data[0].asnumpy() == kept[0]).all() and (first.label[0].asnumpy() == kept[1]).all()

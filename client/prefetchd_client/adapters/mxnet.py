@@ -36,6 +36,12 @@ def log_like_mxnet(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] prefetchd: {message}", file=sys.stderr)
 
 
+# NDArrays per array that batches are copied into, in turn. As with MXNet's own iterators (measured on
+# mx.io.MNISTIter with its default prefetch_buffer=4), a batch's NDArrays hold it until 4 more batches have
+# been read; a copy into a reused NDArray waits only for the engine to finish reading what was there before
+_NDARRAY_POOL = 4
+
+
 class StreamDataIter(mx.io.DataIter):  # type: ignore[misc]
     """An `mx.io.DataIter` over one prefetchd stream: NDArray batches copied out of the ring."""
 
@@ -43,6 +49,9 @@ class StreamDataIter(mx.io.DataIter):  # type: ignore[misc]
         super().__init__(stream.batch_size)
         self._stream = stream
         self._current: Batch | None = None
+        self._copies: dict[str, mx.nd.NDArray] = {}  # the current batch's NDArrays, made on first ask
+        self._pools: dict[str, list[mx.nd.NDArray]] = {}
+        self._turn = 0
         self.provide_data = [mx.io.DataDesc(data_name, stream.data_shape, stream.data_dtype.type)]
         self.provide_label = [mx.io.DataDesc(label_name, stream.label_shape, stream.label_dtype.type)]
 
@@ -55,11 +64,13 @@ class StreamDataIter(mx.io.DataIter):  # type: ignore[misc]
         self._stream.reset()
 
     def iter_next(self) -> bool:
+        self._copies = {}
         try:
             self._current = next(self._stream)
         except StopIteration:
             self._current = None
             return False
+        self._turn = (self._turn + 1) % _NDARRAY_POOL
         return True
 
     def next(self) -> mx.io.DataBatch:
@@ -79,13 +90,25 @@ class StreamDataIter(mx.io.DataIter):  # type: ignore[misc]
             raise RuntimeError("no current batch: call iter_next() first")
         return self._current
 
+    def _ndarray(self, name: str, view: NDArray[Any]) -> mx.nd.NDArray:
+        """`view` (shared memory, valid until the next batch) copied into an NDArray the trainer may keep."""
+        copied = self._copies.get(name)
+        if copied is not None:
+            return copied
+        pool = self._pools.get(name)
+        if pool is None or pool[0].shape != view.shape:  # first batch, or a short last batch ("keep")
+            pool = [mx.nd.empty(view.shape, dtype=view.dtype) for _ in range(_NDARRAY_POOL)]
+            self._pools[name] = pool
+        copied = pool[self._turn]
+        copied._sync_copyfrom(view)  # what mx.nd.array does, minus allocating a new NDArray each batch
+        self._copies[name] = copied
+        return copied
+
     def getdata(self) -> list[mx.nd.NDArray]:
-        data = self._batch().data
-        return [mx.nd.array(data, dtype=data.dtype)]
+        return [self._ndarray("data", self._batch().data)]
 
     def getlabel(self) -> list[mx.nd.NDArray]:
-        label = self._batch().label
-        return [mx.nd.array(label, dtype=label.dtype)]
+        return [self._ndarray("label", self._batch().label)]
 
     def getpad(self) -> int:
         return self._batch().pad

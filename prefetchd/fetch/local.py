@@ -46,6 +46,13 @@ class LocalSource:
     async def read_range(self, info: ObjectInfo, start: int, out: memoryview) -> None:
         await asyncio.to_thread(self._read_range, info, start, out)
 
+    async def open(self, url: str, head_bytes: int) -> tuple[ObjectInfo, bytes]:
+        info = await self.stat(url)
+        head = bytearray(min(head_bytes, info.size))
+        if head:
+            await self.read_range(info, 0, memoryview(head))
+        return info, bytes(head)
+
     def _read_range(self, info: ObjectInfo, start: int, out: memoryview) -> None:
         try:
             fd = os.open(local_path(info.url), os.O_RDONLY | os.O_CLOEXEC)

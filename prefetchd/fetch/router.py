@@ -43,5 +43,8 @@ class SourceRouter:
     async def stat(self, url: str) -> ObjectInfo:
         return await self.source_for(url).stat(url)
 
+    async def open(self, url: str, head_bytes: int) -> tuple[ObjectInfo, bytes]:
+        return await self.source_for(url).open(url, head_bytes)
+
     async def read_range(self, info: ObjectInfo, start: int, out: memoryview) -> None:
         await self.source_for(info.url).read_range(info, start, out)

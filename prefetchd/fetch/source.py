@@ -35,6 +35,10 @@ class Source(Protocol):
         """Fill `out` with the object's bytes from `start` on; `ObjectChanged` if its version moved."""
         ...
 
+    async def open(self, url: str, head_bytes: int) -> tuple[ObjectInfo, bytes]:
+        """`stat` and the first `head_bytes` bytes (all of them, if the object is shorter), in one round trip."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class S3Location:

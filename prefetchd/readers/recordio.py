@@ -37,10 +37,12 @@ from ..formats import recordio
 from ..plan.epoch import BatchSpec, EpochPlan
 from ..ring.segment import Segment
 from .base import ChunkUses, FillResult, ReaderShape, plan_for, run_to_completion
-from .idx import check_batching, stat_all
+from .idx import check_batching, open_all
 
 _SCANNED: OrderedDict[tuple[str, str], NDArray[np.int64]] = OrderedDict()  # (url, version) → record offsets
 _SCANNED_KEEP = 16
+_REC_PROBE_BYTES = 8  # the first record's header: enough to learn the size and ETag in the same request
+_INDEX_READ_BYTES = 8 << 20  # an .idx up to this size (~400k records) comes whole with the open
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,13 +197,16 @@ class RecordIOReader:
     ) -> RecordIOReader:
         options = parse_options(request)
         urls = [request.sources["rec"]] + ([request.sources["idx"]] if "idx" in request.sources else [])
-        infos = await stat_all(router, urls)
-        rec = infos[0]
+        # one round trip: the .rec's size and version, and the .idx whole when it is not large
+        opened = await open_all(router, urls, [_REC_PROBE_BYTES, _INDEX_READ_BYTES][: len(urls)])
+        rec = opened[0][0]
         objects = {"rec": rec}
-        if len(infos) == 2:
-            objects["idx"] = infos[1]
-            text = await read_whole(router, infos[1])
-            offsets = await run_to_completion(executor, lambda: recordio.parse_index(text, url=infos[1].url))
+        if len(opened) == 2:
+            index, text = opened[1]
+            objects["idx"] = index
+            if len(text) < index.size:
+                text = await read_whole(router, index)
+            offsets = await run_to_completion(executor, lambda: recordio.parse_index(text, url=index.url))
             part = recordio.index_partition(len(offsets), request.num_parts, request.part_index)
         else:
             offsets = await scan_offsets(router, rec, executor, config)

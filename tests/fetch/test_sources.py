@@ -102,3 +102,37 @@ def test_local_ranges_and_changes(tmp_path: Path) -> None:
             await source.stat(str(tmp_path))
 
     asyncio.run(scenario())
+
+
+def test_s3_open_is_stat_and_the_first_bytes_in_one_request(s3_server: EmbeddedS3, s3_url: str) -> None:
+    empty = _put(s3_server, "sources/empty-object", b"")
+    small = _put(s3_server, "sources/small-object", b"0123456789")
+
+    async def scenario() -> None:
+        async with S3Source(_settings(s3_server), max_connections=4) as source:
+            info, head = await source.open(s3_url, 64)
+            assert info == await source.stat(s3_url)
+            assert head == PAYLOAD[:64]
+            info, head = await source.open(small, 1 << 20)  # asks for more than there is
+            assert (info.size, head) == (10, b"0123456789")
+            info, head = await source.open(empty, 64)  # S3 answers 416 to any range of an empty object
+            assert (info.size, head) == (0, b"")
+            assert info == await source.stat(empty)
+            with pytest.raises(ObjectNotFound, match=re.escape(f"s3://{BUCKET}/nope")):
+                await source.open(f"s3://{BUCKET}/nope", 64)
+
+    asyncio.run(scenario())
+
+
+def test_local_open_is_stat_and_the_first_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "object"
+    path.write_bytes(PAYLOAD)
+
+    async def scenario() -> None:
+        source = LocalSource()
+        info, head = await source.open(str(path), 100)
+        assert info == await source.stat(str(path)) and head == PAYLOAD[:100]
+        _, whole = await source.open(str(path), 10 * len(PAYLOAD))
+        assert whole == PAYLOAD
+
+    asyncio.run(scenario())

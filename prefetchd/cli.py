@@ -154,7 +154,9 @@ def demo() -> None:
 @main.command()
 @click.option("--rounds", type=click.IntRange(min=1), default=5, help="Timed epochs per reader")
 @click.option("--batch-size", type=click.IntRange(min=1), default=100)
-@click.option("--only", type=click.Choice(["mnist", "images", "training"]), help="Run one benchmark [default: all]")
+@click.option(
+    "--only", type=click.Choice(["mnist", "images", "training", "bytes"]), help="Run one benchmark [default: all]"
+)
 @click.option("--megabytes", type=click.IntRange(min=1), default=1000, help="Size of the JPEG RecordIO dataset")
 def bench(rounds: int, batch_size: int, only: str | None, megabytes: int) -> None:
     """Side-by-side throughput: prefetchd (local files, and S3) against MXNet's own local iterators."""
@@ -168,6 +170,10 @@ def bench(rounds: int, batch_size: int, only: str | None, megabytes: int) -> Non
         from .bench.images import run as run_images
 
         run_images(rounds=min(rounds, 3), megabytes=megabytes, batch_size=batch_size, say=say)
+    if only in (None, "bytes"):
+        from .bench.bytes import run as run_bytes
+
+        run_bytes(rounds=min(rounds, 3), megabytes=megabytes, say=say)
     if only in (None, "training"):
         from .bench.training import run as run_training
 

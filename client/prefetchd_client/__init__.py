@@ -34,7 +34,7 @@ from .errors import (
     StreamClosed,
     UndecodableImage,
 )
-from .iterator import Batch, BatchIterator, idx_iter, recordio_iter
+from .iterator import Batch, BatchIterator, bytes_iter, idx_iter, recordio_iter
 
 _MXNET_ADAPTERS = ("ImageRecordIter", "MNISTIter")
 
@@ -60,6 +60,7 @@ __all__ = [
     "StreamClosed",
     "UndecodableImage",
     "__version__",
+    "bytes_iter",
     "connect",
     "idx_iter",
     "recordio_iter",

@@ -158,7 +158,7 @@ class BatchIterator:
                 return Batch(
                     views["data"][:size],
                     views["label"][:size],
-                    views["index"][:size],
+                    views["index"][:size],  # a bytes stream has one index, the batch's offset
                     header.pad,
                     message.epoch,
                     message.seq,
@@ -359,5 +359,40 @@ def recordio_iter(
             "preprocess_threads": int(preprocess_threads),
             "skip_bad": bool(skip_bad),
         },
+    )
+    return BatchIterator(request, socket_path=socket_path, timeout_s=timeout_s, autostart=autostart)
+
+
+def bytes_iter(
+    url: str,
+    *,
+    batch_bytes: int = 8 << 20,
+    shuffle: bool = False,
+    seed: int = 0,
+    num_parts: int = 1,
+    part_index: int = 0,
+    prefetch: int = 8,
+    epoch: int = 0,
+    socket_path: str | os.PathLike[str] | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    autostart: bool | None = None,
+) -> BatchIterator:
+    """An object's raw bytes, `batch_bytes` per batch (the last one shorter): `Batch.data` is a uint8 view.
+
+    The daemon reads each batch with one ranged GET straight into shared memory, up to `prefetch` of them
+    at once; `Batch.index[0]` is the batch's byte offset. With `shuffle=True` the blocks come in a seeded
+    order; `num_parts`/`part_index` split the object into contiguous runs of blocks.
+    """
+    request = Open(
+        format="bytes",
+        sources={"object": url},
+        batch_size=batch_bytes,
+        shuffle=shuffle,
+        seed=seed,
+        num_parts=num_parts,
+        part_index=part_index,
+        epoch=epoch,
+        last_batch="keep",
+        prefetch=prefetch,
     )
     return BatchIterator(request, socket_path=socket_path, timeout_s=timeout_s, autostart=autostart)

@@ -31,6 +31,7 @@ from ..decode.pool import DecodePool
 from ..fetch.router import SourceRouter
 from ..readers.base import Reader
 from ..readers.idx import IdxReader
+from ..readers.raw import RawReader
 from ..readers.recordio import RecordIOReader
 from ..ring.segment import Segment
 from ..ring.writer import RingWriter
@@ -110,6 +111,7 @@ class ControlServer:
         stream_id = next(self._ids)
         geometry = layout.RingGeometry.build(2, shape.arrays)
         slots = max(request.prefetch + 2, min(self.config.max_slots, self.config.ring_bytes // geometry.slot_bytes))
+        slots = min(slots, max(shape.batches_per_epoch, 2) + 2)  # more than an epoch ahead only costs memory
         geometry = layout.RingGeometry.build(slots, shape.arrays)
         ring = RingWriter(Segment(f"prefetchd-stream-{stream_id}", geometry.segment_bytes, seal=False), geometry)
         stream = Stream(stream_id, peer, reader, ring, request)
@@ -196,4 +198,6 @@ async def open_reader(
         return await IdxReader.open(request, router=router, config=config, executor=executor)
     if request.format == "recordio":
         return await RecordIOReader.open(request, router=router, config=config, executor=executor, pool=pool)
-    raise InvalidRequest(f"unknown format {request.format!r} (this daemon serves: idx, recordio)")
+    if request.format == "bytes":
+        return await RawReader.open(request, router=router, config=config)
+    raise InvalidRequest(f"unknown format {request.format!r} (this daemon serves: idx, recordio, bytes)")

@@ -1,0 +1,47 @@
+"""Raw bytes streams: an object's bytes through the ring, exactly, in order, shuffled or split into parts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prefetchd.testing.daemon_process import DaemonProcess
+from prefetchd_client import InvalidRequest, bytes_iter
+from tests.conftest import Objects
+
+DATA = np.random.default_rng(5).integers(0, 256, 3_000_017, dtype=np.uint8).tobytes()  # not a multiple of a batch
+
+
+def test_the_bytes_come_through_exactly_epoch_after_epoch(objects: Objects, daemon: DaemonProcess) -> None:
+    url = objects.put("blob", DATA)
+    with bytes_iter(url, batch_bytes=1 << 18, socket_path=daemon.socket_path) as batches:
+        for _ in range(2):
+            seen = [(int(batch.index[0]), batch.data.tobytes()) for batch in batches]
+            assert [offset for offset, _ in seen] == list(range(0, len(DATA), 1 << 18))
+            assert b"".join(data for _, data in seen) == DATA
+
+
+def test_shuffled_blocks_and_parts_cover_the_object_once(objects: Objects, daemon: DaemonProcess) -> None:
+    url = objects.put("blob", DATA)
+    with bytes_iter(url, batch_bytes=100_000, shuffle=True, seed=3, socket_path=daemon.socket_path) as batches:
+        blocks = {int(batch.index[0]): batch.data.tobytes() for batch in batches}
+        order = [int(batch.index[0]) for batch in batches]
+    assert b"".join(blocks[offset] for offset in sorted(blocks)) == DATA
+    assert order != sorted(order) and sorted(order) == sorted(blocks)
+    parts = []
+    for part_index in range(3):
+        with bytes_iter(
+            url, batch_bytes=100_000, num_parts=3, part_index=part_index, socket_path=daemon.socket_path
+        ) as batches:
+            parts.append(b"".join(batch.data.tobytes() for batch in batches))
+    assert b"".join(parts) == DATA and all(parts)
+
+
+def test_a_bytes_stream_refuses_decode_options(objects: Objects, daemon: DaemonProcess) -> None:
+    from prefetchd_client.iterator import BatchIterator
+    from prefetchd_client.protocol import Open
+
+    url = objects.put("blob", DATA[:1000])
+    request = Open(format="bytes", sources={"object": url}, batch_size=100, decode={"dtype": "float32"})
+    with pytest.raises(InvalidRequest, match="no decode options"):
+        BatchIterator(request, socket_path=daemon.socket_path)

@@ -74,6 +74,9 @@ class RingWriter:
         self._states[slot] = transition(self._states[slot], SlotEvent.BEGIN_FILL, slot=slot)
         return slot
 
+    def has_free_slot(self) -> bool:
+        return bool(self._free)
+
     def arrays(self, slot: int) -> dict[str, NDArray[Any]]:
         if self._states[slot] is not SlotState.FILLING:
             raise RuntimeError(f"slot {slot} is {self._states[slot].name}; only a FILLING slot may be written")

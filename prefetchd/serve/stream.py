@@ -100,7 +100,9 @@ class Stream:
         try:
             async with asyncio.TaskGroup() as group:
                 for seq in range(first, plan.batch_count):
-                    if len(in_flight) >= self.reader.fill_depth:
+                    # publish before filling more when the depth is reached, or when every free slot is in
+                    # flight: waiting for a slot the client cannot free (it has not got those batches) deadlocks
+                    while in_flight and (len(in_flight) >= self.reader.fill_depth or not self.ring.has_free_slot()):
                         await self._publish_first(plan.epoch, in_flight)
                     spec = plan.batch(seq)
                     slot = await self.ring.acquire()

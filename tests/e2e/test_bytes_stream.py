@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from prefetchd.testing.daemon_process import DaemonProcess
+from prefetchd.testing.embedded_s3 import EmbeddedS3
 from prefetchd_client import InvalidRequest, bytes_iter
 from tests.conftest import Objects
 
@@ -45,3 +46,15 @@ def test_a_bytes_stream_refuses_decode_options(objects: Objects, daemon: DaemonP
     request = Open(format="bytes", sources={"object": url}, batch_size=100, decode={"dtype": "float32"})
     with pytest.raises(InvalidRequest, match="no decode options"):
         BatchIterator(request, socket_path=daemon.socket_path)
+
+
+def test_a_ring_smaller_than_the_fill_depth_still_streams(objects: Objects, s3_server: EmbeddedS3) -> None:
+    """32 fills may be in flight, but a ring of 10 slots must publish as it goes (it once waited for an 11th)."""
+    url = objects.put("blob", DATA)
+    small_ring = DaemonProcess(env=s3_server.environment(), args=("--ring-size", "1MiB"))
+    with (
+        small_ring,
+        bytes_iter(url, batch_bytes=100_000, prefetch=1, socket_path=small_ring.socket_path, timeout_s=20) as batches,
+    ):
+        for _ in range(2):
+            assert b"".join(batch.data.tobytes() for batch in batches) == DATA

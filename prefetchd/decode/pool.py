@@ -46,7 +46,10 @@ class Worker:
     def send(self, message: tuple[Any, ...]) -> None:
         if not self.alive:
             raise WorkerDied(f"decode worker {self.number} (pid {self.process.pid}) is gone")
-        self.conn.send(message)  # a few hundred bytes: the pipe's buffer takes it without blocking
+        try:
+            self.conn.send(message)  # a few hundred bytes: the pipe's buffer takes it without blocking
+        except OSError as exc:  # it died and the loop has not read its EOF yet
+            raise WorkerDied(f"decode worker {self.number} (pid {self.process.pid}) is gone ({exc})") from exc
 
 
 class DecodePool:
@@ -68,6 +71,9 @@ class DecodePool:
         if self._starting is None:
             self._starting = asyncio.Lock()
         async with self._starting:
+            for member in self._workers:
+                if member.alive and not member.process.is_alive():  # died; its EOF not read yet
+                    self._lost(member)
             self._workers = [w for w in self._workers if w.alive]
             missing = self.processes - len(self._workers)
             if missing > 0:
@@ -152,7 +158,10 @@ class DecodePool:
         for member in members:
             future = asyncio.get_running_loop().create_future()
             member.pending[_map_key(mapping)] = future
-            member.send(("map", mapping, path, size, writable))
+            try:
+                member.send(("map", mapping, path, size, writable))
+            except WorkerDied as exc:
+                future.set_result(exc.message)  # reported below as a worker that could not map it
             futures.append(future)
         results = await asyncio.gather(*futures, return_exceptions=True)
         mapped = []
@@ -223,11 +232,17 @@ class RingLease:
         live = self.live
         if not live:
             raise WorkerDied(f"every decode worker serving ring {self.segment_id} has died; reopen the stream")
-        member = min(live, key=lambda m: len(m.pending))
         future = asyncio.get_running_loop().create_future()
-        member.pending[job.job] = future
+        for member in sorted(live, key=lambda m: len(m.pending)):  # the least busy first
+            member.pending[job.job] = future
+            try:
+                member.send(("decode", job))
+                break
+            except WorkerDied:
+                member.pending.pop(job.job, None)
+        else:
+            raise WorkerDied(f"every decode worker serving ring {self.segment_id} has died; reopen the stream")
         try:
-            member.send(("decode", job))
             failures: list[Failure] = await asyncio.shield(future)
             return failures
         except asyncio.CancelledError:

@@ -27,6 +27,8 @@ from ..ring.segment import Segment
 from .base import FillResult, ReaderShape
 from .idx import check_batching
 
+_PIECES_PER_BATCH = 4
+
 
 class RawReader:
     """Serves one object's bytes in blocks of `batch_size`."""
@@ -38,11 +40,16 @@ class RawReader:
         self._router = router
         self.fill_depth = config.max_concurrency
         # a small object is cut finer, so that it is still read `max_concurrency` ranges at a time
-        self.piece = choose_chunk_bytes(
-            info.size,
-            concurrency=config.max_concurrency,
-            max_chunk_bytes=config.chunk_bytes,
-            min_chunk_bytes=config.min_chunk_bytes,
+        # and a batch is never a single GET: a few pieces each keep the fetch concurrency from needing as many
+        # ring slots (every slot is shared memory the kernel must fault in)
+        self.piece = min(
+            choose_chunk_bytes(
+                info.size,
+                concurrency=config.max_concurrency,
+                max_chunk_bytes=config.chunk_bytes,
+                min_chunk_bytes=config.min_chunk_bytes,
+            ),
+            max(config.min_chunk_bytes, -(-self.block // _PIECES_PER_BATCH)),
         )
         blocks = -(-info.size // self.block)
         self.part = partition(blocks, request.num_parts, request.part_index)

@@ -5,7 +5,7 @@ connection paced to 90 MB/s) in front of moto, interleaved round by round:
 - botocore `get_object().read()` of the whole object (what `boto3` does);
 - sequential 8 MiB ranged GETs (how MXNet's USE_S3 reader moves data);
 - hand-written aiobotocore readers with 16, 32 and 64 ranged GETs of 8 MiB in flight;
-- prefetchd's `bytes_iter`, drained from the client (8 MiB batches, 32 in flight).
+- prefetchd's `bytes_iter`, drained from the client (8 MiB batches, 32 ahead).
 The limit is min(32 × 90 MB/s, what this machine moves through the same proxy with no shaping).
 Not measured here (not in the lock): s3fs and obstore.
 """

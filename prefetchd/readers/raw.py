@@ -40,8 +40,9 @@ class RawReader:
         self._router = router
         self.fill_depth = config.max_concurrency
         # a small object is cut finer, so that it is still read `max_concurrency` ranges at a time
-        # and a batch is never a single GET: a few pieces each keep the fetch concurrency from needing as many
-        # ring slots (every slot is shared memory the kernel must fault in)
+        # and when the ring holds fewer batches than max_concurrency, a batch is read as a few pieces, so that the
+        # fetch concurrency does not need as many ring slots (every slot is shared memory the kernel must fault
+        # in); with a deep ring, whole-batch GETs pay the first-byte latency less often
         self.piece = min(
             choose_chunk_bytes(
                 info.size,
@@ -49,7 +50,7 @@ class RawReader:
                 max_chunk_bytes=config.chunk_bytes,
                 min_chunk_bytes=config.min_chunk_bytes,
             ),
-            max(config.min_chunk_bytes, -(-self.block // _PIECES_PER_BATCH)),
+            max(config.min_chunk_bytes, -(-self.block // self._pieces_per_batch(config))),
         )
         blocks = -(-info.size // self.block)
         self.part = partition(blocks, request.num_parts, request.part_index)
@@ -64,6 +65,10 @@ class RawReader:
             samples_per_epoch=part_bytes,
             objects={"object": info},
         )
+
+    def _pieces_per_batch(self, config: Config) -> int:
+        ahead = max(1, self.request.prefetch)
+        return min(_PIECES_PER_BATCH, -(-config.max_concurrency // ahead))
 
     @classmethod
     async def open(cls, request: Open, *, router: SourceRouter, config: Config) -> RawReader:

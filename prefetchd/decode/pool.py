@@ -90,16 +90,17 @@ class DecodePool:
         theirs.close()
         member = Worker(next(self._numbers), process, ours)
         loop.add_reader(ours.fileno(), self._on_readable, member)
-        await asyncio.wait_for(self._ask(member, "ping"), _START_TIMEOUT_S)
+        await asyncio.wait_for(self._ping(member), _START_TIMEOUT_S)
         log.info("decode worker %d started (pid %s)", member.number, process.pid)
         return member
 
-    async def _ask(self, member: Worker, kind: str, *args: Any) -> Any:
+    async def _ping(self, member: Worker) -> Any:
+        """Returns once the worker has started and answers (it replies with its pid)."""
         request = next(self._requests)
         future = asyncio.get_running_loop().create_future()
         member.pending[request] = future
         try:
-            member.send((kind, request, *args) if kind == "ping" else (kind, *args))
+            member.send(("ping", request))
             return await future
         finally:
             member.pending.pop(request, None)

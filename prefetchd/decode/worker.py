@@ -25,11 +25,11 @@ from .image import ImageOptions, decode_image
 
 @dataclass(frozen=True, slots=True)
 class OutputRows:
-    """Where a job's rows lie in a ring segment: byte offsets of its first row and the row sizes."""
+    """Where a job's rows lie in a ring segment: the byte offset of its first row in each array (row sizes follow
+    from the image options and `label_width`)."""
 
     segment: int
     data_offset: int
-    data_row_bytes: int
     label_offset: int
     label_width: int
     index_offset: int

@@ -71,10 +71,12 @@ def parse_options(request: Open) -> RecordIOOptions:
     return RecordIOOptions(options_from(decode), label_width, skip_bad, threads)
 
 
-async def read_whole(router: SourceRouter, info: ObjectInfo) -> bytes:
+async def read_rest(router: SourceRouter, info: ObjectInfo, head: bytes) -> bytes:
+    """The whole object, given its first bytes `head`: only the rest is read."""
     buffer = bytearray(info.size)
-    if info.size:
-        await router.read_range(info, 0, memoryview(buffer))
+    buffer[: len(head)] = head
+    if len(head) < info.size:
+        await router.read_range(info, len(head), memoryview(buffer)[len(head) :])
     return bytes(buffer)
 
 
@@ -118,7 +120,6 @@ class Chunks:
     """Consecutive records grouped into ranges of about `chunk_bytes`: the unit of fetching."""
 
     of_record: NDArray[np.int64]  # chunk number of each record of the partition (relative numbering)
-    first: NDArray[np.int64]  # absolute record number that starts each chunk
     start: NDArray[np.int64]  # byte offset of each chunk
     size: NDArray[np.int64]  # byte size of each chunk
 
@@ -126,7 +127,7 @@ class Chunks:
 def group_chunks(offsets: NDArray[np.int64], lengths: NDArray[np.int64], part: range, chunk_bytes: int) -> Chunks:
     if not len(part):
         empty = np.empty(0, dtype=np.int64)
-        return Chunks(empty, empty, empty, empty)
+        return Chunks(empty, empty, empty)
     starts = offsets[part.start : part.stop]
     ends = starts + lengths[part.start : part.stop]
     nominal = (starts - starts[0]) // chunk_bytes
@@ -137,7 +138,6 @@ def group_chunks(offsets: NDArray[np.int64], lengths: NDArray[np.int64], part: r
     last_rel = np.append(first_rel[1:] - 1, len(starts) - 1)
     return Chunks(
         of_record.astype(np.int64),
-        (first_rel + part.start).astype(np.int64),
         starts[first_rel],
         ends[last_rel] - starts[first_rel],
     )
@@ -204,8 +204,7 @@ class RecordIOReader:
         if len(opened) == 2:
             index, text = opened[1]
             objects["idx"] = index
-            if len(text) < index.size:
-                text = await read_whole(router, index)
+            text = await read_rest(router, index, text)
             offsets = await run_to_completion(executor, lambda: recordio.parse_index(text, url=index.url))
             part = recordio.index_partition(len(offsets), request.num_parts, request.part_index)
         else:
@@ -315,7 +314,6 @@ class RecordIOEpoch:
                     rows=OutputRows(
                         segment=lease.segment_id,
                         data_offset=data[first:].ctypes.data - reader._segment_base,
-                        data_row_bytes=data[0].nbytes,
                         label_offset=label[first:].ctypes.data - reader._segment_base,
                         label_width=options.label_width,
                         index_offset=index[first:].ctypes.data - reader._segment_base,

@@ -53,6 +53,11 @@ def main() -> None:
 )
 @click.option("--chunk-size", "chunk_bytes", help="Largest byte range per GET, e.g. 8MiB [default: 8MiB]")
 @click.option(
+    "--fetch-path",
+    type=click.Choice(["lean", "botocore"]),
+    help="How bulk bytes are read: lean ranged GETs straight into memory, or aiobotocore's [default: lean]",
+)
+@click.option(
     "--budget",
     "stream_budget_bytes",
     help="Fetched-but-unconsumed bytes per stream, e.g. 512MiB [default: 512MiB]",

@@ -20,6 +20,7 @@ from prefetchd_client.settings import default_socket_path
 
 MiB = 1 << 20
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+FETCH_PATHS = ("lean", "botocore")
 
 
 class ConfigError(PrefetchdError):
@@ -50,6 +51,7 @@ class Config:
     s3: S3Settings = field(default_factory=S3Settings)
     max_concurrency: int = 32  # ranged GETs in flight per stream
     chunk_bytes: int = 8 * MiB  # the largest range one GET asks for
+    fetch_path: str = "lean"  # bulk bytes: "lean" (range_get.py, straight into memory) or "botocore"
     min_chunk_bytes: int = 1 * MiB  # small objects are cut no finer than this
     stream_budget_bytes: int = 512 * MiB  # fetched-but-unconsumed bytes per stream
     cache_bytes: int = 2048 * MiB  # the epoch cache of fetched S3 ranges, shared by all streams; 0 turns it off
@@ -91,6 +93,7 @@ def parse_bytes(value: str | int) -> int:
 _TUNABLES: dict[str, Any] = {
     "max_concurrency": int,
     "chunk_bytes": parse_bytes,
+    "fetch_path": str,
     "min_chunk_bytes": parse_bytes,
     "stream_budget_bytes": parse_bytes,
     "cache_bytes": parse_bytes,
@@ -243,6 +246,7 @@ def validate(config: Config) -> None:
         (config.decode_processes >= 1, "decode_processes must be at least 1"),
         (config.exit_when_idle_s is None or config.exit_when_idle_s >= 0, "exit_when_idle_s must not be negative"),
         (config.log_level.upper() in LOG_LEVELS, f"log_level is one of {', '.join(LOG_LEVELS)}"),
+        (config.fetch_path in FETCH_PATHS, f"fetch_path is one of {', '.join(FETCH_PATHS)}"),
         (
             config.s3.addressing_style in ("auto", "path", "virtual"),
             "addressing_style is auto, path or virtual",

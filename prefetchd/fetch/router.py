@@ -23,7 +23,11 @@ class SourceRouter:
 
     async def __aenter__(self) -> SourceRouter:
         self.s3 = await self._stack.enter_async_context(
-            S3Source(self._config.s3, max_connections=self._config.max_concurrency)
+            S3Source(
+                self._config.s3,
+                max_connections=self._config.max_concurrency,
+                lean=self._config.fetch_path == "lean",
+            )
         )
         return self
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
+import time
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -27,6 +29,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
     ResponseStreamingError,
 )
+from botocore.httpsession import get_cert_path
 
 from prefetchd_client.errors import (
     AccessDenied,
@@ -38,7 +41,9 @@ from prefetchd_client.errors import (
 )
 
 from ..config import S3Settings
+from .http11 import ResponseHead, expected_content_range
 from .policy import RetryPolicy
+from .range_get import BodyBroken, RangeGetter, Refused
 from .source import ObjectInfo, parse_s3_url
 
 log = logging.getLogger("prefetchd.fetch.s3")
@@ -62,6 +67,8 @@ _DENIED = {
     "AllAccessDisabled",
 }
 _CHANGED = {"412", "PreconditionFailed", "416", "InvalidRange"}
+PRESIGN_EXPIRES_S = 3600
+PRESIGN_REUSE_S = 300.0  # a URL is signed again after this, long before it expires
 
 
 def _translate(exc: Exception, url: str, offset: int | None = None) -> PrefetchdError:
@@ -100,7 +107,12 @@ def _translate(exc: Exception, url: str, offset: int | None = None) -> Prefetchd
 
 
 class S3Source:
-    """Reads `s3://` URLs through one aiobotocore client with a bounded connection pool."""
+    """Reads `s3://` URLs through one aiobotocore client with a bounded connection pool.
+
+    With `lean=True` the bulk bytes of ranged GETs go through `RangeGetter` instead, on URLs aiobotocore
+    presigns; any answer but the exact 206 asked for sends that range back through aiobotocore, which
+    retries, follows redirects and names the error.
+    """
 
     def __init__(
         self,
@@ -109,6 +121,7 @@ class S3Source:
         max_connections: int,
         retry: RetryPolicy | None = None,
         rng: random.Random | None = None,
+        lean: bool = True,
     ) -> None:
         self.settings = settings
         self.max_connections = max_connections
@@ -117,6 +130,10 @@ class S3Source:
         self._stack = AsyncExitStack()
         self._client: Any = None
         self.region: str | None = None
+        self.lean: RangeGetter | None = None
+        self._want_lean = lean
+        self._presigned: dict[str, tuple[str, float]] = {}
+        self.fallbacks = 0  # ranges the lean path handed back to aiobotocore
 
     async def __aenter__(self) -> S3Source:
         session = get_session()
@@ -127,6 +144,7 @@ class S3Source:
             log.warning("no AWS region set (S3_REGION, AWS_REGION or a profile); using %s", DEFAULT_REGION)
             self.region = DEFAULT_REGION
         config = AioConfig(
+            signature_version="s3v4",  # requests are SigV4 anyway; presigned URLs must be too
             max_pool_connections=self.max_connections,
             retries={"mode": "standard", "max_attempts": self.retry.max_attempts},
             connect_timeout=10,
@@ -145,23 +163,37 @@ class S3Source:
                 "s3",
                 region_name=self.region,
                 endpoint_url=self.settings.endpoint_url,
-                verify=self.settings.verify_ssl,
+                verify=None if self.settings.verify_ssl else False,  # None: AWS_CA_BUNDLE or botocore's bundle
                 config=config,
                 **credentials,
             )
         )
+        if self._want_lean:
+            self.lean = RangeGetter(ssl_context=self._ssl_context(session))
+            self._stack.callback(self.lean.close)
         self._log_settings(session)
         return self
+
+    def _ssl_context(self, session: Any) -> ssl.SSLContext:
+        """The same trust as aiobotocore's: AWS_CA_BUNDLE or botocore's bundle, or none if verify_ssl is off."""
+        if not self.settings.verify_ssl:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        return ssl.create_default_context(cafile=get_cert_path(session.get_config_variable("ca_bundle") or True))
 
     def _log_settings(self, session: Any) -> None:
         names = ", ".join(self.settings.env_names_used) or "none"
         method = "explicit S3_*/AWS_* keys" if self.settings.access_key_id else "the AWS credential chain"
         log.info(
-            "S3: endpoint=%s region=%s addressing=%s verify_ssl=%s credentials from %s; variables used: %s",
+            "S3: endpoint=%s region=%s addressing=%s verify_ssl=%s bulk reads=%s credentials from %s; "
+            "variables used: %s",
             self.settings.endpoint_url or "AWS default",
             self.region,
             self.settings.addressing_style,
             self.settings.verify_ssl,
+            "lean" if self.lean else "aiobotocore",
             method,
             names,
         )
@@ -236,6 +268,48 @@ class S3Source:
 
     async def _get_into(self, bucket: str, key: str, info: ObjectInfo, first: int, out: memoryview) -> int:
         """One ranged GET; returns how many bytes reached `out` before the body ended or broke."""
+        if self.lean is not None:
+            try:
+                return await self._lean_get_into(bucket, key, info, first, out)
+            except Refused as exc:
+                self.fallbacks += 1
+                if exc.status in (401, 403):
+                    self._presigned.pop(info.url, None)  # expired credentials: sign again next time
+                log.debug("%s: bytes %d+%d: %s; read through aiobotocore instead", info.url, first, len(out), exc)
+        return await self._botocore_get_into(bucket, key, info, first, out)
+
+    async def _lean_get_into(self, bucket: str, key: str, info: ObjectInfo, first: int, out: memoryview) -> int:
+        assert self.lean is not None
+        url = await self._presigned_url(info.url, bucket, key)
+        wanted_range = expected_content_range(first, first + len(out) - 1, info.size)
+
+        def accept(head: ResponseHead) -> bool:
+            return head.status == 206 and head.content_range == wanted_range and head.etag in (None, info.version)
+
+        try:
+            await self.lean.get_into(url, first, out, if_match=info.version, accept=accept)
+        except BodyBroken as exc:
+            raise PartialRead(exc.received) from exc
+        except (OSError, TimeoutError) as exc:  # no connection at all
+            raise PartialRead(0) from exc
+        return len(out)
+
+    async def _presigned_url(self, url: str, bucket: str, key: str) -> str:
+        """A presigned GET URL for the object: aiobotocore resolves the endpoint, addressing and credentials."""
+        now = time.monotonic()
+        cached = self._presigned.get(url)
+        if cached is not None and now - cached[1] < PRESIGN_REUSE_S:
+            return cached[0]
+        try:
+            signed = await self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=PRESIGN_EXPIRES_S
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, url) from exc
+        self._presigned[url] = (str(signed), now)
+        return str(signed)
+
+    async def _botocore_get_into(self, bucket: str, key: str, info: ObjectInfo, first: int, out: memoryview) -> int:
         last = first + len(out) - 1
         response = await self._client.get_object(
             Bucket=bucket, Key=key, Range=f"bytes={first}-{last}", IfMatch=info.version

@@ -68,6 +68,15 @@ def main() -> None:
     "cache_bytes",
     help="RAM for the epoch cache of S3 ranges, shared by all streams; 0 turns it off [default: 2GiB]",
 )
+@click.option(
+    "--cache-dir",
+    help="Directory for the epoch cache's disk tier: ranges RAM evicts, kept across restarts [default: none]",
+)
+@click.option(
+    "--cache-disk-size",
+    "cache_disk_bytes",
+    help="Disk for the epoch cache under --cache-dir, least recently used out first [default: 16GiB]",
+)
 @click.option("--decode-threads", type=click.IntRange(min=1), help="Threads for large decodes [default: 2]")
 @click.option(
     "--decode-processes",

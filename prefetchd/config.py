@@ -55,6 +55,8 @@ class Config:
     min_chunk_bytes: int = 1 * MiB  # small objects are cut no finer than this
     stream_budget_bytes: int = 512 * MiB  # fetched-but-unconsumed bytes per stream
     cache_bytes: int = 2048 * MiB  # the epoch cache of fetched S3 ranges, shared by all streams; 0 turns it off
+    cache_dir: Path | None = None  # the epoch cache's disk tier: what RAM evicts, kept across restarts
+    cache_disk_bytes: int = 16 * 1024 * MiB  # the disk tier's budget, when cache_dir is set
     ring_bytes: int = 64 * MiB  # target size of one stream's ring
     max_slots: int = 64
     decode_threads: int = 2
@@ -97,6 +99,8 @@ _TUNABLES: dict[str, Any] = {
     "min_chunk_bytes": parse_bytes,
     "stream_budget_bytes": parse_bytes,
     "cache_bytes": parse_bytes,
+    "cache_dir": lambda value: Path(value).expanduser(),
+    "cache_disk_bytes": parse_bytes,
     "ring_bytes": parse_bytes,
     "max_slots": int,
     "decode_threads": int,
@@ -242,6 +246,7 @@ def validate(config: Config) -> None:
         (config.stream_budget_bytes >= 2 * config.chunk_bytes, "stream_budget_bytes must hold two chunks"),
         (config.max_slots >= 2, "max_slots must be at least 2"),
         (config.cache_bytes >= 0, "cache_bytes must not be negative"),
+        (config.cache_disk_bytes >= 0, "cache_disk_bytes must not be negative"),
         (config.decode_threads >= 1, "decode_threads must be at least 1"),
         (config.decode_processes >= 1, "decode_processes must be at least 1"),
         (config.exit_when_idle_s is None or config.exit_when_idle_s >= 0, "exit_when_idle_s must not be negative"),

@@ -118,6 +118,17 @@ def test_size_settings_accept_units_from_every_source(tmp_path: Path) -> None:
     assert (loaded.stream_budget_bytes, loaded.ring_bytes) == (1 << 30, 128 * MiB)
 
 
+def test_the_disk_cache_directory_and_budget_come_from_flag_env_or_file(tmp_path: Path) -> None:
+    file = toml_file(tmp_path, 'cache_dir = "/var/cache/from-file"\ncache_disk_bytes = "100GiB"\n')
+    env = {"PREFETCHD_CACHE_DIR": "~/from-env", "PREFETCHD_CACHE_DISK_BYTES": "1GiB"}
+
+    assert (config().cache_dir, config().cache_disk_bytes) == (None, 16 << 30)
+    assert (config({}, file).cache_dir, config({}, file).cache_disk_bytes) == (Path("/var/cache/from-file"), 100 << 30)
+    assert (config(env, file).cache_dir, config(env, file).cache_disk_bytes) == (Path.home() / "from-env", 1 << 30)
+    flagged = config(env, file, cache_dir="/from-flag", cache_disk_bytes="2GiB")
+    assert (flagged.cache_dir, flagged.cache_disk_bytes) == (Path("/from-flag"), 2 << 30)
+
+
 # MXNet's USE_S3 variables, ranked as dmlc-core's src/io/s3_filesys.cc ranks them
 
 
@@ -298,6 +309,7 @@ def test_access_key_without_a_secret_or_the_reverse_is_refused(env: dict[str, st
         ("chunk_bytes", "512KiB"),  # below min_chunk_bytes
         ("stream_budget_bytes", "8MiB"),  # not two chunks
         ("ring_bytes", "lots"),
+        ("cache_disk_bytes", "lots"),
         ("max_slots", "1"),
         ("decode_threads", "0"),
         ("exit_when_idle_s", "soon"),
@@ -408,6 +420,9 @@ def test_serve_help_lists_the_options() -> None:
         "--chunk-size",
         "--budget",
         "--ring-size",
+        "--cache-size",
+        "--cache-dir",
+        "--cache-disk-size",
         "--decode-threads",
         "--exit-when-idle",
         "--config",

@@ -3,8 +3,11 @@
 Entries are keyed by (URL, pinned version, start, size): readers cut an object into the same ranges every
 epoch, so a later epoch, or another stream with the same chunking, finds them. A new version of an object
 (its ETag moved) drops every entry of the old one. Least recently used entries go first when the byte
-budget is full; a range larger than the whole budget is never cached. Cached buffers are read-only: every
+budget is full; a range larger than the whole budget is never kept in RAM. Cached buffers are read-only: every
 stream that gets one shares it.
+
+With a disk tier (`--cache-dir`), what RAM evicts or cannot hold spills to disk, a RAM miss looks there before
+S3, and a graceful shutdown spills what RAM still holds, so that a restarted daemon starts warm.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from .disk_cache import DiskCache, DiskCacheStatistics
 from .source import ObjectInfo, ReadRange
 
-Key = tuple[str, str, int, int]
+Key = tuple[str, str, int, int]  # URL, version, start, size
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,33 +32,39 @@ class CacheStatistics:
     hits: int
     misses: int
     hit_bytes: int
+    disk: DiskCacheStatistics | None = None  # the disk tier's, when there is one
 
 
 class ChunkCache:
-    """An LRU of fetched ranges within `budget_bytes`."""
+    """An LRU of fetched ranges within `budget_bytes` of RAM (0: none), over an optional `disk` tier."""
 
-    def __init__(self, budget_bytes: int) -> None:
+    def __init__(self, budget_bytes: int, disk: DiskCache | None = None) -> None:
         self.budget_bytes = budget_bytes
+        self.disk = disk
         self._entries: OrderedDict[Key, NDArray[np.uint8]] = OrderedDict()
         self._versions: dict[str, str] = {}
         self._held = 0
         self._hits = self._misses = self._hit_bytes = 0
 
     async def fetch(self, info: ObjectInfo, start: int, size: int, read_range: ReadRange) -> NDArray[np.uint8]:
-        """The bytes [start, start + size) of `info`: from the cache, or read (and kept if they fit)."""
+        """The bytes [start, start + size) of `info`: from RAM, from disk, or read (and kept)."""
         self._forget_other_versions(info)
         key = (info.url, info.version, start, size)
         cached = self._entries.get(key)
         if cached is not None:
             self._entries.move_to_end(key)
+        elif self.disk is not None:
+            cached = self.disk.spilling(*key)  # evicted a moment ago, its write still under way
+        if cached is not None:
             self._hits += 1
             self._hit_bytes += size
             return cached
         self._misses += 1
         buffer = np.empty(size, dtype=np.uint8)
-        await read_range(info, start, buffer.data)
+        if self.disk is None or not await self.disk.read_into(info.url, info.version, start, buffer.data):
+            await read_range(info, start, buffer.data)
         buffer.flags.writeable = False  # shared from now on
-        self._keep(key, buffer)
+        await self._keep(key, buffer)
         return buffer
 
     def _forget_other_versions(self, info: ObjectInfo) -> None:
@@ -67,20 +77,39 @@ class ChunkCache:
         for key in [k for k in self._entries if k[0] == info.url and k[1] != info.version]:
             self._held -= self._entries.pop(key).nbytes
 
-    def _keep(self, key: Key, buffer: NDArray[np.uint8]) -> None:
-        if buffer.nbytes > self.budget_bytes or key in self._entries:
+    async def _keep(self, key: Key, buffer: NDArray[np.uint8]) -> None:
+        """Keep `buffer` in RAM; spill to disk what that evicts, or `buffer` itself if RAM cannot hold it."""
+        if key in self._entries:
             return
-        while self._held + buffer.nbytes > self.budget_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self._held -= evicted.nbytes
-        self._entries[key] = buffer
-        self._held += buffer.nbytes
+        evicted: list[tuple[Key, NDArray[np.uint8]]] = []
+        if buffer.nbytes > self.budget_bytes:
+            evicted.append((key, buffer))
+        else:
+            while self._held + buffer.nbytes > self.budget_bytes:
+                evicted.append(self._entries.popitem(last=False))
+                self._held -= evicted[-1][1].nbytes
+            self._entries[key] = buffer
+            self._held += buffer.nbytes
+        if self.disk is not None:
+            for (url, version, start, _), spilled in evicted:
+                await self.disk.spill(url, version, start, spilled)
+
+    async def aclose(self) -> None:
+        """Spill what RAM holds to the disk tier (least recently used first), so that a restart finds it there."""
+        if self.disk is None:
+            return
+        while self._entries:
+            (url, version, start, _), buffer = self._entries.popitem(last=False)
+            self._held -= buffer.nbytes
+            await self.disk.spill(url, version, start, buffer)
 
     def statistics(self) -> CacheStatistics:
+        disk = self.disk.statistics() if self.disk is not None else None
         return CacheStatistics(
-            len(self._entries), self._held, self.budget_bytes, self._hits, self._misses, self._hit_bytes
+            len(self._entries), self._held, self.budget_bytes, self._hits, self._misses, self._hit_bytes, disk
         )
 
     def __repr__(self) -> str:
         s = self.statistics()
-        return f"<ChunkCache {s.entries} ranges, {s.held_bytes}/{s.budget_bytes} B, {s.hits} hits, {s.misses} misses>"
+        ram = f"{s.entries} ranges, {s.held_bytes}/{s.budget_bytes} B, {s.hits} hits, {s.misses} misses"
+        return f"<ChunkCache {ram}{'' if self.disk is None else f'; {self.disk!r}'}>"

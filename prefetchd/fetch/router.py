@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import AsyncExitStack
 
 from ..config import Config
 from .cache import ChunkCache
+from .disk_cache import DiskCache
 from .local import LocalSource
 from .s3 import S3Source
 from .source import ObjectInfo, Source, scheme_of
+
+log = logging.getLogger("prefetchd.cache")
 
 
 class SourceRouter:
@@ -19,20 +23,36 @@ class SourceRouter:
         self._stack = AsyncExitStack()
         self.local = LocalSource()
         self.s3: S3Source | None = None
-        self.cache = ChunkCache(config.cache_bytes) if config.cache_bytes else None
+        self.cache: ChunkCache | None = None
 
     async def __aenter__(self) -> SourceRouter:
-        self.s3 = await self._stack.enter_async_context(
-            S3Source(
-                self._config.s3,
-                max_connections=self._config.max_concurrency,
-                lean=self._config.fetch_path == "lean",
+        try:
+            await self._open_cache()
+            self.s3 = await self._stack.enter_async_context(
+                S3Source(
+                    self._config.s3,
+                    max_connections=self._config.max_concurrency,
+                    lean=self._config.fetch_path == "lean",
+                )
             )
-        )
+        except BaseException:
+            await self._stack.aclose()  # what did open (the disk tier's lock and threads) is let go
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
+
+    async def _open_cache(self) -> None:
+        """RAM over an optional disk tier; at exit RAM spills to disk before the disk tier closes."""
+        config = self._config
+        disk = None
+        if config.cache_dir is not None and config.cache_disk_bytes:
+            disk = await self._stack.enter_async_context(DiskCache(config.cache_dir, config.cache_disk_bytes))
+        if config.cache_bytes or disk is not None:
+            cache = self.cache = ChunkCache(config.cache_bytes, disk)
+            self._stack.push_async_callback(cache.aclose)
+            self._stack.callback(lambda: log.info("epoch cache at exit: %r", cache))
 
     def source_for(self, url: str) -> Source:
         if scheme_of(url) == "s3":

@@ -35,7 +35,8 @@ class DatasetUnavailable(RuntimeError):
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("PREFETCHD_CACHE_DIR") or Path.home() / ".cache" / "prefetchd")
+    """Where downloads are unpacked; not `$PREFETCHD_CACHE_DIR`, which is the daemon's `--cache-dir`."""
+    return Path(os.environ.get("PREFETCHD_DOWNLOAD_DIR") or Path.home() / ".cache" / "prefetchd")
 
 
 def fashion_mnist(cache: Path | None = None) -> Path:

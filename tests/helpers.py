@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
+
+from prefetchd.testing.embedded_s3 import EmbeddedS3
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -19,3 +22,15 @@ def reference_arrays(fashion_dir: Path, split: str) -> tuple[np.ndarray, np.ndar
     images = np.fromfile(fashion_dir / f"{split}-images-idx3-ubyte", dtype=np.uint8, offset=16).reshape(-1, 28, 28)
     labels = np.fromfile(fashion_dir / f"{split}-labels-idx1-ubyte", dtype=np.uint8, offset=8)
     return images, labels
+
+
+def requests_for(s3_server: EmbeddedS3, key: str, method: str = "GET") -> int:
+    """`method` requests for `key` in the S3 server's request log, once the log has stopped growing."""
+    count = -1
+    for _ in range(50):
+        now = sum(1 for line in list(s3_server.log) if f"{method} /" in line and key in line)
+        if now == count:
+            return now
+        count = now
+        time.sleep(0.1)
+    return count

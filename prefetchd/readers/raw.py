@@ -33,9 +33,12 @@ _PIECES_PER_BATCH = 4
 class RawReader:
     """Serves one object's bytes in blocks of `batch_size`."""
 
-    def __init__(self, request: Open, info: ObjectInfo, config: Config, router: SourceRouter) -> None:
+    def __init__(
+        self, request: Open, info: ObjectInfo, config: Config, router: SourceRouter, head: bytes = b""
+    ) -> None:
         self.request = request
         self.info = info
+        self._head = head  # the object's first bytes, read with the open: pieces inside them need no GET
         self.block = request.batch_size
         self._router = router
         self.fill_depth = config.max_concurrency
@@ -77,7 +80,9 @@ class RawReader:
         if request.decode:
             raise InvalidRequest(f"a bytes stream takes no decode options, not {sorted(request.decode)}")
         check_batching(request)
-        return cls(request, await router.stat(request.sources["object"]), config, router)
+        # one round trip opens the object and brings its first piece, so the first batch waits on no other
+        info, head = await router.open(request.sources["object"], min(config.min_chunk_bytes, request.batch_size))
+        return cls(request, info, config, router, head)
 
     async def attach(self, segment_id: int, segment: Segment) -> None:
         """Nothing to map: the daemon writes the slots itself."""
@@ -108,8 +113,12 @@ class RawReader:
         target = out["data"][:size].data
         # a batch larger than the piece the object's size calls for is read as several ranges at once
         pieces = range(0, size, self.piece)
-        await asyncio.gather(
-            *(self._router.read_range(self.info, start + p, target[p : p + self.piece]) for p in pieces)
-        )
+        await asyncio.gather(*(self._read(start + p, target[p : p + self.piece]) for p in pieces))
         out["index"][0] = start
         return FillResult(size, 0, [])
+
+    async def _read(self, start: int, out: memoryview) -> None:
+        if start + len(out) <= len(self._head):
+            out[:] = self._head[start : start + len(out)]
+        else:
+            await self._router.read_range(self.info, start, out)

@@ -9,6 +9,7 @@ from prefetchd.testing.daemon_process import DaemonProcess
 from prefetchd.testing.embedded_s3 import EmbeddedS3
 from prefetchd_client import InvalidRequest, bytes_iter
 from tests.conftest import Objects
+from tests.helpers import requests_for
 
 DATA = np.random.default_rng(5).integers(0, 256, 3_000_017, dtype=np.uint8).tobytes()  # not a multiple of a batch
 
@@ -20,6 +21,18 @@ def test_the_bytes_come_through_exactly_epoch_after_epoch(objects: Objects, daem
             seen = [(int(batch.index[0]), batch.data.tobytes()) for batch in batches]
             assert [offset for offset, _ in seen] == list(range(0, len(DATA), 1 << 18))
             assert b"".join(data for _, data in seen) == DATA
+
+
+def test_opening_a_bytes_stream_is_one_get_that_brings_the_first_batch_too(
+    objects: Objects, s3_server: EmbeddedS3, daemon: DaemonProcess
+) -> None:
+    small = DATA[:200_000]  # one batch: every epoch is served from what the open read
+    url = objects.put("blob", small)
+    with bytes_iter(url, batch_bytes=1 << 18, socket_path=daemon.socket_path) as batches:
+        for _ in range(3):
+            assert b"".join(batch.data.tobytes() for batch in batches) == small
+    key = url.split("/", 3)[3]
+    assert (requests_for(s3_server, key, "HEAD"), requests_for(s3_server, key, "GET")) == (0, 1)
 
 
 def test_shuffled_blocks_and_parts_cover_the_object_once(objects: Objects, daemon: DaemonProcess) -> None:

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from prefetchd.testing.daemon_process import DaemonProcess
 from prefetchd.testing.embedded_s3 import EmbeddedS3
 from prefetchd_client import idx_iter
 from tests.conftest import Objects
+from tests.helpers import requests_for
 
 
 def _gets(s3_server: EmbeddedS3, key: str) -> int:
-    """GET requests for `key` in the server's request log, once the log has stopped growing."""
-    count = -1
-    for _ in range(50):
-        now = sum(1 for line in list(s3_server.log) if "GET /" in line and key in line)
-        if now == count:
-            return now
-        count = now
-        time.sleep(0.1)
-    return count
+    return requests_for(s3_server, key, "GET")
 
 
 def _epochs(image: str, label: str, daemon: DaemonProcess, epochs: int) -> list[bytes]:

@@ -1,7 +1,7 @@
 # The README's commands. Each creates the virtual environment first if it is missing or stale.
 #   make demo   embedded S3 server + Fashion-MNIST + daemon + MXNet training from s3://, prints accuracy
 #   make test   lint, types, and the whole test suite
-#   make bench  the benchmark (figures and ratios, docs/benchmarks.md)
+#   make bench  the benchmark (figures and ratios, docs/benchmarks.md); e.g. BENCH_ARGS="--latency-ms 30 --latency-ms 100"
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -51,7 +51,7 @@ pytest-numpy2: $(STAMP2)
 	$(VENV2)/bin/python -m pytest -m "not mxnet" $(MXNET_MODULES:%=--ignore=%) $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) -m prefetchd bench
+	$(PY) -m prefetchd bench $(BENCH_ARGS)
 
 # Re-pin every dependency (needs the registry); commit requirements/lock.txt afterwards.
 lock: $(STAMP)

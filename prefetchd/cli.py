@@ -169,11 +169,36 @@ def demo() -> None:
 @click.option("--rounds", type=click.IntRange(min=1), default=5, help="Timed epochs per reader")
 @click.option("--batch-size", type=click.IntRange(min=1), default=100)
 @click.option(
-    "--only", type=click.Choice(["mnist", "images", "training", "bytes"]), help="Run one benchmark [default: all]"
+    "--only",
+    type=click.Choice(["mnist", "images", "training", "bytes", "fetch-path", "clients", "memory"]),
+    help="Run one benchmark [default: all]",
 )
 @click.option("--megabytes", type=click.IntRange(min=1), default=1000, help="Size of the JPEG RecordIO dataset")
-def bench(rounds: int, batch_size: int, only: str | None, megabytes: int) -> None:
-    """Side-by-side throughput: prefetchd (local files, and S3) against MXNet's own local iterators."""
+@click.option(
+    "--latency-ms",
+    type=click.FloatRange(min=0),
+    multiple=True,
+    default=[30.0],
+    help="First-byte latency of the modelled network; repeat it to measure several (bytes)",
+)
+@click.option(
+    "--mbps", type=click.FloatRange(min=1), default=90.0, help="Pace of one connection, MB/s (bytes, clients, memory)"
+)
+@click.option(
+    "--write-docs/--no-write-docs",
+    default=True,
+    help="Rewrite the generated section of docs/benchmarks.md and its plot (bytes)",
+)
+def bench(
+    rounds: int,
+    batch_size: int,
+    only: str | None,
+    megabytes: int,
+    latency_ms: tuple[float, ...],
+    mbps: float,
+    write_docs: bool,
+) -> None:
+    """Side-by-side throughput: prefetchd (local files, and S3) against MXNet's own iterators and S3 readers."""
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
     say = click.echo
     if only in (None, "mnist"):
@@ -187,7 +212,28 @@ def bench(rounds: int, batch_size: int, only: str | None, megabytes: int) -> Non
     if only in (None, "bytes"):
         from .bench.bytes import run as run_bytes
 
-        run_bytes(rounds=min(rounds, 3), megabytes=megabytes, say=say)
+        run_bytes(
+            rounds=min(rounds, 3),
+            megabytes=megabytes,
+            latencies_ms=latency_ms,
+            megabytes_per_s=mbps,
+            say=say,
+            write_docs=write_docs,
+        )
+    if only in (None, "fetch-path"):
+        from .bench.fetch_path import run as run_fetch_path
+
+        run_fetch_path(
+            rounds=min(rounds, 3), megabytes=megabytes, latency_ms=latency_ms[0], megabytes_per_s=mbps, say=say
+        )
+    if only in (None, "clients"):
+        from .bench.clients import run as run_clients
+
+        run_clients(rounds=min(rounds, 3), megabytes=megabytes, latency_ms=latency_ms[0], megabytes_per_s=mbps, say=say)
+    if only in (None, "memory"):
+        from .bench.memory import run as run_memory
+
+        run_memory(megabytes=megabytes, latency_ms=latency_ms[0], megabytes_per_s=mbps, say=say)
     if only in (None, "training"):
         from .bench.training import run as run_training
 

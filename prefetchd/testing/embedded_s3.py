@@ -17,11 +17,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .processes import stop_child
 
-_RUNNING = re.compile(r"Running on (http://[\d.]+:\d+)")
+if TYPE_CHECKING:
+    from .self_signed import Certificates
+
+_RUNNING = re.compile(r"Running on (https?://[\d.]+:\d+)")
 
 # moto accepts any credentials; these make the AWS credential chain resolve without touching ~/.aws
 CREDENTIALS = {
@@ -35,9 +38,15 @@ class EmbeddedS3:
     """`with EmbeddedS3() as s3:` gives a running server at `s3.endpoint_url`."""
 
     def __init__(
-        self, host: str = "127.0.0.1", *, start_timeout_s: float = 30.0, env: dict[str, str] | None = None
+        self,
+        host: str = "127.0.0.1",
+        *,
+        start_timeout_s: float = 30.0,
+        env: dict[str, str] | None = None,
+        certificates: Certificates | None = None,
     ) -> None:
         self.host = host
+        self.certificates = certificates  # serve https with these (prefetchd.testing.self_signed)
         self.extra_env = env or {}
         self.start_timeout_s = start_timeout_s
         self.endpoint_url = ""
@@ -48,7 +57,7 @@ class EmbeddedS3:
     def __enter__(self) -> EmbeddedS3:
         env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", "0"],
+            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", "0", *self._tls_arguments()],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -63,6 +72,11 @@ class EmbeddedS3:
         self._drain = threading.Thread(target=self._drain_output, name="moto-log", daemon=True)
         self._drain.start()
         return self
+
+    def _tls_arguments(self) -> list[str]:
+        if self.certificates is None:
+            return []
+        return ["--ssl-cert", str(self.certificates.certificate_path), "--ssl-key", str(self.certificates.key_path)]
 
     def _wait_for_address(self) -> str:
         assert self._process is not None and self._process.stdout is not None
@@ -97,7 +111,10 @@ class EmbeddedS3:
 
     def environment(self) -> dict[str, str]:
         """What a daemon needs in its environment to use this server."""
-        return {**CREDENTIALS, "AWS_ENDPOINT_URL_S3": self.endpoint_url}
+        env = {**CREDENTIALS, "AWS_ENDPOINT_URL_S3": self.endpoint_url}
+        if self.certificates is not None:
+            env["AWS_CA_BUNDLE"] = str(self.certificates.ca_path)
+        return env
 
     def client(self) -> Any:
         """A plain botocore client, for putting data in place (tests and the demo)."""
@@ -110,6 +127,7 @@ class EmbeddedS3:
             region_name=CREDENTIALS["AWS_REGION"],
             aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            verify=str(self.certificates.ca_path) if self.certificates else None,
         )
 
     def upload_files(self, bucket: str, prefix: str, paths: list[Path]) -> list[str]:

@@ -1,13 +1,15 @@
 """A network between the daemon and an S3 server: first-byte latency and per-connection bandwidth.
 
-The kernel here has no netem, so the network is emulated in the application layer: an aiohttp server in
-front of a real S3 server (moto). Object GETs are answered from a copy of the object fetched once from
-upstream (moto's own ~50 MB/s would otherwise be the bottleneck, not the network being emulated); each
-response waits `latency_s` before its first byte and is paced to `bytes_per_s`. Everything else (HEAD,
-PUT, listings, errors such as 404 and 403) is passed to upstream and back, after the same latency.
-`If-Match` and `Range` are honoured as S3 honours them.
+The kernel here has no netem, so the network is emulated in the application layer, in one of two ways:
+- in front of a slow S3 server (moto), an aiohttp server: object GETs are answered from a copy of the object
+  fetched once from upstream (moto's own ~50 MB/s would otherwise be the bottleneck, not the network being
+  emulated); each response waits `latency_s` before its first byte and is paced to `bytes_per_s`.
+  Everything else (HEAD, PUT, listings, errors such as 404 and 403) is passed to upstream and back, after
+  the same latency. `If-Match` and `Range` are honoured as S3 honours them.
+- in front of a fast one (nginx, `relay=True`): `shaped_relay`, a TCP relay that delays each request and
+  paces each connection, so every byte and every answer is the server's own (TLS too, end to end).
 
-Run it as `python -m prefetchd.testing.network_proxy --upstream URL`; it prints its address.
+Run it as `python -m prefetchd.testing.network_proxy --upstream URL [--relay]`; it prints its address.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import contextlib
 import os
 import re
 import select
+import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -28,16 +33,22 @@ from aiohttp import web
 
 from .processes import stop_child
 
-_LISTENING = re.compile(r"Listening on (http://[\d.]+:\d+)")
+_LISTENING = re.compile(r"Listening on (https?://[\d.]+:\d+)")
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "content-encoding"}
 _PIECE_BYTES = 256 * 1024
+_SIGV2_QUERY = {"AWSAccessKeyId", "Signature", "Expires"}
 
 
 @dataclass(frozen=True, slots=True)
 class _Object:
     body: bytes
     headers: dict[str, str]  # what a GET of the whole object answered: ETag, Last-Modified, Content-Type...
+
+
+def _only_signature(query: Mapping[str, str]) -> bool:
+    """Whether a query string only signs the request (a presigned URL), rather than ask for something else."""
+    return all(name.startswith("X-Amz-") or name in _SIGV2_QUERY for name in query)
 
 
 class Network:
@@ -53,7 +64,7 @@ class Network:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(self.latency_s)
-        is_object_get = request.method == "GET" and not request.query_string and request.path.count("/") >= 2
+        is_object_get = request.method == "GET" and _only_signature(request.query) and request.path.count("/") >= 2
         if is_object_get:
             stored = await self._object(request)
             if isinstance(stored, _Object):
@@ -100,7 +111,7 @@ class Network:
                 for k, v in request.headers.items()
                 if k.lower() not in _HOP_BY_HOP and k.lower() not in ("range", "if-match")
             }
-            async with session.get(self.upstream + key, headers=headers) as answer:
+            async with session.get(self.upstream + request.path_qs, headers=headers) as answer:  # qs: a presigned URL
                 body = await answer.read()
                 kept = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
                 if answer.status != 200:
@@ -173,24 +184,45 @@ async def _serve(upstream: str, host: str, port: int, latency_s: float, bytes_pe
         await runner.cleanup()
 
 
+async def _serve_relay(upstream: str, host: str, port: int, latency_s: float, bytes_per_s: float) -> None:
+    from .shaped_relay import serve_relay
+
+    target = urllib.parse.urlsplit(upstream)
+    if target.hostname is None or target.port is None:
+        raise SystemExit(f"--upstream {upstream}: write scheme://host:port")
+    with socket.create_server((host, port), backlog=1024) as listener:
+        address = listener.getsockname()
+        print(f"Listening on {target.scheme}://{address[0]}:{address[1]}", flush=True)
+        await serve_relay(listener, (target.hostname, target.port), latency_s, bytes_per_s)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency-ms", type=float, default=30.0)
-    parser.add_argument("--megabytes-per-s", type=float, default=90.0, help="per connection")
+    parser.add_argument("--megabytes-per-s", type=float, default=90.0, help="per connection; 0: no limit")
+    parser.add_argument("--relay", action="store_true", help="relay TCP (for a fast upstream such as nginx)")
     args = parser.parse_args()
     import uvloop
 
+    serve = _serve_relay if args.relay else _serve
+    bytes_per_s = args.megabytes_per_s * 1e6 or float("inf")
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(_serve(args.upstream, args.host, args.port, args.latency_ms / 1000, args.megabytes_per_s * 1e6))
+        uvloop.run(serve(args.upstream, args.host, args.port, args.latency_ms / 1000, bytes_per_s))
 
 
 class NetworkProxy:
-    """`with NetworkProxy(s3.endpoint_url) as proxy:` gives an emulated network at `proxy.endpoint_url`."""
+    """`with NetworkProxy(s3.endpoint_url) as proxy:` gives an emulated network at `proxy.endpoint_url`.
 
-    def __init__(self, upstream: str, *, latency_ms: float = 30.0, megabytes_per_s: float = 90.0) -> None:
+    `relay=True` for a fast upstream (nginx, http or https): a TCP relay instead of object copies.
+    `megabytes_per_s=0` sets no pace.
+    """
+
+    def __init__(
+        self, upstream: str, *, latency_ms: float = 30.0, megabytes_per_s: float = 90.0, relay: bool = False
+    ) -> None:
         self.args = [
             "--upstream",
             upstream,
@@ -198,6 +230,7 @@ class NetworkProxy:
             str(latency_ms),
             "--megabytes-per-s",
             str(megabytes_per_s),
+            *(["--relay"] if relay else []),
         ]
         self.endpoint_url = ""
         self._process: subprocess.Popen[bytes] | None = None

@@ -8,6 +8,8 @@ import pytest
 
 from prefetchd.testing.embedded_s3 import EmbeddedS3
 from prefetchd.testing.network_proxy import NetworkProxy
+from prefetchd.testing.nginx_s3 import NginxS3
+from prefetchd.testing.shaped_relay import BURST_BYTES
 from tests.conftest import BUCKET
 
 
@@ -41,4 +43,28 @@ def test_ranges_errors_and_pins_pass_through_with_the_latency_and_pace(
         assert missing.value.response["Error"]["Code"] == "NoSuchKey"
         with pytest.raises(botocore.exceptions.ClientError) as moved:
             client.get_object(Bucket=BUCKET, Key="proxy/object", IfMatch='"0000"')
+        assert moved.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_the_relay_passes_nginx_through_with_the_latency_and_pace(tls: bool) -> None:
+    import botocore.exceptions
+
+    body = bytes(range(256)) * 8192  # 2 MiB
+    with (
+        NginxS3(tls=tls) as nginx,
+        NetworkProxy(nginx.endpoint_url, latency_ms=50, megabytes_per_s=20, relay=True) as relay,
+    ):
+        nginx.put(BUCKET, "relay/object", body)
+        assert relay.endpoint_url.split("://")[0] == nginx.endpoint_url.split("://")[0]
+        client = nginx.client(relay.endpoint_url)
+        head = client.head_object(Bucket=BUCKET, Key="relay/object")
+        started = time.monotonic()
+        part = client.get_object(Bucket=BUCKET, Key="relay/object", Range="bytes=1000-1099999", IfMatch=head["ETag"])
+        assert part["Body"].read() == body[1000:1100000]
+        assert part["ContentRange"] == f"bytes 1000-1099999/{len(body)}"
+        elapsed = time.monotonic() - started
+        assert elapsed >= 0.05 + (1_099_000 - BURST_BYTES) / 20e6 * 0.9, "latency and pace are applied"
+        with pytest.raises(botocore.exceptions.ClientError) as moved:
+            client.get_object(Bucket=BUCKET, Key="relay/object", IfMatch='"0000"')
         assert moved.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412

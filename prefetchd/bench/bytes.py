@@ -7,7 +7,8 @@ the same relay, which delays each request by the first-byte latency and paces ea
 - sequential 8 MiB ranged GETs (how MXNet's USE_S3 reader moves data);
 - s3fs `cat_file` of the whole object, at its defaults;
 - hand-written concurrent readers with aiobotocore, obstore and s3fs, 16, 32 and 64 ranges of 8 MiB in flight;
-- prefetchd's `bytes_iter`, drained from the client (8 MiB batches, 32 ahead, the daemon's epoch cache off).
+- prefetchd's `bytes_iter`, drained from the client (8 MiB batches, 8 ahead; the daemon at its defaults
+  but for the epoch cache, which is off).
 The limit for a reader with n connections: min(n × the pace, the best round of the same relay unshaped).
 """
 
@@ -82,9 +83,7 @@ def run(
         for latency_ms in latencies_ms:
             with contextlib.ExitStack() as stack:
                 network = stack.enter_context(s3.network(latency_ms, megabytes_per_s))
-                prefetchd = stack.enter_context(
-                    daemon(network.endpoint_url, "--cache-size", "0", "--ring-size", "512MiB")
-                )
+                prefetchd = stack.enter_context(daemon(network.endpoint_url, "--cache-size", "0"))
                 timed: list[readers.Reader] = [
                     *readers.peers(network.endpoint_url, buffers),
                     readers.PrefetchdClient(prefetchd.socket_path, DAEMON_CONCURRENCY),

@@ -33,12 +33,14 @@ class RetryPolicy:
     """Exponential backoff with full jitter, as the AWS CRT does: sleep U(0, min(cap, base × 2ⁿ)).
 
     `max_attempts` counts the first try; a read that resumes mid-body after a broken connection counts
-    as one attempt.
+    as one attempt, but only while no new byte arrives: a try that brings bytes starts the count afresh
+    (a flaky link that keeps making progress is not a dead one), within `max_tries` tries in all.
     """
 
     max_attempts: int = 5
     base_s: float = 0.5
     cap_s: float = 20.0
+    max_tries: int = 20
 
     def backoff_s(self, attempt: int, rng: random.Random) -> float:
         """Delay before retry number `attempt` (1 = the first retry)."""

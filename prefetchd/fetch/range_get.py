@@ -102,6 +102,8 @@ class _Exchange(asyncio.BufferedProtocol):
         self._out = None
         self._target = memoryview(b"")
         self.closed = True
+        if self._done is not None and not self._done.done():
+            self._done.cancel()  # nobody waits for this answer any more: no "exception never retrieved"
         if self.transport is not None:
             self.transport.abort()
 

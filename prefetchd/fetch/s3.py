@@ -146,7 +146,7 @@ class S3Source:
         config = AioConfig(
             signature_version="s3v4",  # requests are SigV4 anyway; presigned URLs must be too
             max_pool_connections=self.max_connections,
-            retries={"mode": "standard", "max_attempts": self.retry.max_attempts},
+            retries={"mode": "standard", "total_max_attempts": self.retry.max_attempts},  # counts the first
             connect_timeout=10,
             read_timeout=30,
             s3={"addressing_style": self.settings.addressing_style},
@@ -242,27 +242,33 @@ class S3Source:
         return info, head[:head_bytes]
 
     async def read_range(self, info: ObjectInfo, start: int, out: memoryview) -> None:
-        """Fill `out` from byte `start`, resuming a broken body from the last byte received."""
+        """Fill `out` from byte `start`, resuming a broken body from the last byte received.
+
+        Tries that bring no new byte count against `retry.max_attempts`; one that does starts that count
+        afresh, within `retry.max_tries` in all.
+        """
         location = parse_s3_url(info.url)
         done = 0
-        attempt = 1
+        attempt = tries = 1
         while done < len(out):
             first = start + done
             try:
                 done += await self._get_into(location.bucket, location.key, info, first, out[done:])
             except PartialRead as exc:
                 done += exc.received
+                attempt = 1 if exc.received else attempt
                 cause = exc.__cause__ or exc
-                if not self.retry.should_retry(attempt):
+                if not self.retry.should_retry(attempt) or tries >= self.retry.max_tries:
                     raise SourceUnavailable(
-                        f"{info.url}: reading bytes {first}-{start + len(out) - 1} broke off {attempt} times; "
-                        f"last error: {type(cause).__name__}: {cause}",
+                        f"{info.url}: reading bytes {start}-{start + len(out) - 1} broke off {tries} times, "
+                        f"{attempt} in a row with no new byte; last error: {type(cause).__name__}: {cause}",
                         url=info.url,
                         offset=start + done,
                     ) from cause
                 log.info("%s: body broke at byte %d (%s); resuming", info.url, start + done, cause)
                 await asyncio.sleep(self.retry.backoff_s(attempt, self._rng))
                 attempt += 1
+                tries += 1
             except (ClientError, BotoCoreError) as exc:
                 raise _translate(exc, info.url, first) from exc
 

@@ -55,6 +55,19 @@ async def _reads_are_exact_and_lean(source: S3Source, url: str) -> None:
     assert (stats.requests, stats.refused, source.fallbacks) == (len(RANGES), 0, 0)
 
 
+def _partial(first: int, last: int) -> bytes:
+    """The head of PAYLOAD's bytes [first, last], as a scripted server sends it."""
+    return (
+        f"HTTP/1.1 206 Partial Content\r\nContent-Length: {last - first + 1}\r\n"
+        f'Content-Range: bytes {first}-{last}/{len(PAYLOAD)}\r\nETag: "v1"\r\n\r\n'
+    ).encode()
+
+
+async def _whole(writer: asyncio.StreamWriter, first: int, last: int) -> bool:
+    writer.write(_partial(first, last) + PAYLOAD[first : last + 1])
+    return True
+
+
 @pytest.fixture(scope="module")
 def tls_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedS3]:
     certificates = write_certificates(tmp_path_factory.mktemp("tls"))
@@ -172,22 +185,12 @@ def test_an_object_deleted_after_open_is_object_not_found(s3_server: EmbeddedS3,
 
 
 def test_a_body_that_breaks_is_resumed_from_the_last_byte_received() -> None:
-    def head(first: int, last: int) -> bytes:
-        return (
-            f"HTTP/1.1 206 Partial Content\r\nContent-Length: {last - first + 1}\r\n"
-            f'Content-Range: bytes {first}-{last}/{len(PAYLOAD)}\r\nETag: "v1"\r\n\r\n'
-        ).encode()
-
     async def cut(writer: asyncio.StreamWriter, first: int, last: int) -> bool:
-        writer.write(head(first, last) + PAYLOAD[first : first + 700])
+        writer.write(_partial(first, last) + PAYLOAD[first : first + 700])
         return False  # the connection drops 700 bytes into the body
 
-    async def whole(writer: asyncio.StreamWriter, first: int, last: int) -> bool:
-        writer.write(head(first, last) + PAYLOAD[first : last + 1])
-        return True
-
     async def scenario() -> None:
-        server = ScriptedServer(cut, cut, whole)
+        server = ScriptedServer(cut, cut, _whole)
         async with serving(server) as url:
             endpoint = url.split("/bucket-name")[0]
             retry = RetryPolicy(max_attempts=5, base_s=0.01, cap_s=0.02)
@@ -209,5 +212,58 @@ def test_the_botocore_path_reads_the_same_bytes(s3_server: EmbeddedS3, moto_url:
             info = await source.stat(moto_url)
             results = await asyncio.gather(*(_read(source, info, a, n) for a, n in RANGES))
             assert all(data == PAYLOAD[a : a + n] for (a, n), data in zip(RANGES, results, strict=True))
+
+    asyncio.run(scenario())
+
+
+def test_tries_that_make_progress_do_not_use_up_the_attempts() -> None:
+    async def cut(writer: asyncio.StreamWriter, first: int, last: int) -> bool:
+        writer.write(_partial(first, last) + PAYLOAD[first : first + 500])
+        return False
+
+    async def scenario() -> None:
+        async with serving(ScriptedServer(*[cut] * 6, _whole)) as url:  # six breaks, each after 500 new bytes
+            retry = RetryPolicy(max_attempts=2, base_s=0.001, cap_s=0.002)
+            async with S3Source(_settings(url.split("/bucket-name")[0]), max_connections=2, retry=retry) as source:
+                info = ObjectInfo(f"s3://{BUCKET}/key", len(PAYLOAD), '"v1"')
+                assert await _read(source, info, 0, 5000) == PAYLOAD[:5000]
+
+    asyncio.run(scenario())
+
+
+def test_tries_that_bring_nothing_give_up_after_max_attempts() -> None:
+    async def nothing(writer: asyncio.StreamWriter, first: int, last: int) -> bool:
+        writer.write(_partial(first, last))
+        return False
+
+    async def scenario() -> None:
+        server = ScriptedServer(*[nothing] * 10)
+        async with serving(server) as url:
+            retry = RetryPolicy(max_attempts=3, base_s=0.001, cap_s=0.002)
+            async with S3Source(_settings(url.split("/bucket-name")[0]), max_connections=2, retry=retry) as source:
+                info = ObjectInfo(f"s3://{BUCKET}/key", len(PAYLOAD), '"v1"')
+                with pytest.raises(SourceUnavailable, match="broke off 3 times, 3 in a row with no new byte") as err:
+                    await _read(source, info, 100, 5000)
+                assert err.value.offset == 100
+        assert len(server.requests) == 3
+
+    asyncio.run(scenario())
+
+
+def test_an_error_status_is_tried_max_attempts_times_in_all() -> None:
+    async def slow_down(writer: asyncio.StreamWriter, first: int, last: int) -> bool:
+        body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+        writer.write(b"HTTP/1.1 503 Slow Down\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        return True
+
+    async def scenario() -> None:
+        server = ScriptedServer(*[slow_down] * 10)
+        async with serving(server) as url:
+            retry = RetryPolicy(max_attempts=2)
+            async with S3Source(_settings(url.split("/bucket-name")[0]), max_connections=2, retry=retry) as source:
+                info = ObjectInfo(f"s3://{BUCKET}/key", len(PAYLOAD), '"v1"')
+                with pytest.raises(SourceUnavailable, match="SlowDown"):
+                    await _read(source, info, 0, 10)
+        assert len(server.requests) == 1 + 2  # the lean try, then aiobotocore's two (its first counts)
 
     asyncio.run(scenario())

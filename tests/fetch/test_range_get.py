@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -331,5 +332,31 @@ def test_no_server_is_an_os_error() -> None:
         getter = RangeGetter()
         with pytest.raises(ConnectionRefusedError):
             await _get(getter, f"http://127.0.0.1:{port}/b/k", 0, 10)
+
+    run(scenario)
+
+
+def test_an_abandoned_read_leaves_no_unretrieved_error_behind() -> None:
+    """A stream that closes cancels its read-ahead: nothing may log "exception was never retrieved"."""
+
+    async def stall(writer: asyncio.StreamWriter, first: int, last: int) -> bool:
+        writer.write(_head(first, last) + OBJECT[first : first + 100])
+        await asyncio.sleep(1)
+        return False
+
+    async def scenario() -> None:
+        unhandled: list[dict[str, object]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: unhandled.append(context))
+        async with serving(ScriptedServer(stall)) as url:
+            getter = RangeGetter()
+            task = asyncio.create_task(_get(getter, url, 0, 1000))
+            await asyncio.sleep(0.15)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.05)
+            gc.collect()
+            await asyncio.sleep(0)
+        assert unhandled == []
 
     run(scenario)

@@ -19,6 +19,7 @@ PURE = [
     *sorted((DAEMON / "plan").glob("*.py")),
     DAEMON / "fetch" / "policy.py",
     DAEMON / "decode" / "mnist.py",
+    DAEMON / "testing" / "fault_plan.py",
     CLIENT / "protocol.py",
     CLIENT / "layout.py",
     CLIENT / "errors.py",

@@ -1,0 +1,288 @@
+"""A faulty S3 in front of a good one: an aiohttp proxy that breaks object GETs as `fault_plan` decides.
+
+Object GETs (ranged or not, plain or presigned) may be answered 503 SlowDown or 500 InternalError without
+asking upstream, or have their body cut (a TCP reset, or a clean close short of the Content-Length), and
+may wait before their first byte. Everything else (HEAD, PUT, listings) passes through untouched, as do
+upstream's own errors. Bodies are streamed through, not held.
+
+`GET /__faults__` answers what was injected so far, as JSON (`FaultProxy.counts()` reads it), so a test
+can prove its faults happened. Run it as
+`python -m prefetchd.testing.fault_proxy --upstream URL --seed N --slowdown 0.05 ...`; it prints its address.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import select
+import socket
+import struct
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections import Counter, deque
+from dataclasses import asdict
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from .fault_plan import BODY_FAULTS, Decision, Fault, FaultCounts, FaultPlan, FaultRates, is_object_get, request_key
+from .processes import stop_child
+
+COUNTS_PATH = "/__faults__"
+_LISTENING = re.compile(r"Listening on (http://[\d.]+:\d+)")
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "upgrade", "te", "trailer"}
+_PIECE_BYTES = 64 * 1024
+_FLUSH_TIMEOUT_S = 5.0
+_RECENT_FAULTS = 1000  # the injected faults /__faults__ lists, newest last: enough to see what a failing run met
+
+# S3's own words for these errors (docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html)
+_ERRORS = {
+    Fault.SLOWDOWN: (503, "SlowDown", "Please reduce your request rate."),
+    Fault.INTERNAL_ERROR: (500, "InternalError", "We encountered an internal error. Please try again."),
+}
+
+
+def s3_error(fault: Fault, resource: str) -> web.Response:
+    """The answer S3 gives for `fault` (SlowDown or InternalError): its status and XML error document."""
+    status, code, message = _ERRORS[fault]
+    request_id = uuid.uuid4().hex[:16].upper()
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message><Resource>{resource}</Resource>"
+        f"<RequestId>{request_id}</RequestId></Error>"
+    )
+    return web.Response(
+        status=status, body=body.encode(), content_type="application/xml", headers={"x-amz-request-id": request_id}
+    )
+
+
+class FaultInjector:
+    """The aiohttp handler: object GETs meet the plan's faults; everything else goes to `upstream` and back."""
+
+    def __init__(self, upstream: str, plan: FaultPlan) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.plan = plan
+        self.counts: Counter[str] = Counter()
+        self.recent: deque[str] = deque(maxlen=_RECENT_FAULTS)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path == COUNTS_PATH:
+            counts = FaultCounts.from_mapping(self.counts)
+            return web.json_response({"counts": asdict(counts), "recent": list(self.recent)})
+        if not is_object_get(request.method, request.path, request.query):
+            return await self._forward(request)
+        key = request_key(request.method, request.path, request.headers.get("Range"))
+        decision, occurrence = self.plan.next_decision(key)
+        self.counts["object_gets"] += 1
+        if decision.delay_s:
+            self.counts["delayed"] += 1
+            await asyncio.sleep(decision.delay_s)
+        if decision.fault in _ERRORS:
+            assert decision.fault is not None
+            self._record(decision.fault, f"{key} #{occurrence}")
+            return s3_error(decision.fault, request.path)
+        return await self._forward(request, decision, f"{key} #{occurrence}")
+
+    def _record(self, fault: Fault, what: str) -> None:
+        self.counts[fault.value] += 1
+        self.recent.append(f"{fault.value}: {what}")
+
+    async def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # no decompression, no timeout: the body goes through as upstream sent it, however long it takes
+            self._session = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None))
+        return self._session
+
+    async def _forward(
+        self, request: web.Request, decision: Decision | None = None, what: str = ""
+    ) -> web.StreamResponse:
+        """Upstream's answer, its body streamed through; cut as `decision` says if it carries a body fault."""
+        session = await self._client()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        body = await request.read()
+        async with session.request(
+            request.method, self.upstream + request.path_qs, headers=headers, data=body or None
+        ) as answer:
+            response = web.StreamResponse(
+                status=answer.status,
+                reason=answer.reason,
+                headers={k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP},
+            )
+            if answer.content_length is not None:
+                response.content_length = answer.content_length  # HEAD: the object's size, with no body
+            cut = _body_cut(decision, answer)
+            try:
+                await response.prepare(request)
+                if cut is not None:
+                    fault, cut_bytes = cut
+                    await _relay(answer, response, limit=cut_bytes)
+                    self._record(fault, f"{what} after {cut_bytes} of {answer.content_length} bytes")
+                    await _break(request, fault)
+                else:
+                    if request.method != "HEAD":
+                        await _relay(answer, response, limit=None)
+                    await response.write_eof()
+            except ConnectionError:  # the client left first (a read-ahead cancelled): as on a real network
+                self.counts["hung_up"] += 1
+        return response
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def _body_cut(decision: Decision | None, answer: aiohttp.ClientResponse) -> tuple[Fault, int] | None:
+    """The body fault to inject and how many bytes go before it; None when the decision has none, or the
+    answer no body to cut (an error document from upstream goes through whole)."""
+    if decision is None or decision.fault not in BODY_FAULTS:
+        return None
+    announced = answer.content_length
+    if answer.status not in (200, 206) or announced is None or announced < 2:
+        return None
+    return decision.fault, decision.cut_bytes(announced)
+
+
+async def _relay(answer: aiohttp.ClientResponse, response: web.StreamResponse, *, limit: int | None) -> None:
+    """Upstream's body into `response`, up to `limit` bytes (all of it when None)."""
+    sent = 0
+    async for piece in answer.content.iter_chunked(_PIECE_BYTES):
+        if limit is not None:
+            piece = piece[: limit - sent]
+        await response.write(piece)
+        sent += len(piece)
+        if limit is not None and sent >= limit:
+            return
+
+
+async def _break(request: web.Request, fault: Fault) -> None:
+    """End the connection mid-body: with a TCP RST (`RESET`), or a clean close (`TRUNCATE`).
+
+    The body bytes already written go out first in both cases: `abort()` would drop what is still in
+    the transport's buffer, and an RST makes the kernel drop what it has not sent yet.
+    """
+    transport = request.transport
+    if transport is None:
+        return
+    if fault is Fault.TRUNCATE:
+        transport.close()  # FIN once the buffer is flushed
+        return
+    # pause the protocol while any byte waits in the buffer, so that drain() returns once it is empty
+    transport.set_write_buffer_limits(high=0)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(request.writer.drain(), _FLUSH_TIMEOUT_S)
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close() sends RST
+    transport.abort()
+
+
+async def _serve(upstream: str, host: str, port: int, plan: FaultPlan) -> None:
+    injector = FaultInjector(upstream, plan)
+    app = web.Application(client_max_size=1 << 30)
+    app.router.add_route("*", "/{tail:.*}", injector.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server
+    assert server is not None
+    address = server.sockets[0].getsockname()  # type: ignore[attr-defined]
+    print(f"Listening on http://{address[0]}:{address[1]}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await injector.close()
+        await runner.cleanup()
+
+
+_OPTION_HELP = {  # FaultRates' fields, as command-line options
+    "slowdown": "share of object GETs answered 503 SlowDown",
+    "internal_error": "share of object GETs answered 500 InternalError",
+    "reset": "share of object GETs whose body a TCP reset cuts",
+    "truncate": "share of object GETs whose body ends short of its Content-Length",
+    "latency": "share of object GETs whose first byte waits LATENCY_MS + U(0, JITTER_MS)",
+    "latency_ms": "the wait, in ms",
+    "jitter_ms": "the most the wait varies by, in ms",
+}
+
+
+def _rates_arguments(rates: FaultRates) -> list[str]:
+    return [part for name, value in asdict(rates).items() for part in (f"--{name.replace('_', '-')}", str(value))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--upstream", required=True, help="the S3 server to put faults in front of")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the same seed and rates replay the same faults")
+    for name, meaning in _OPTION_HELP.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=0.0, help=meaning)
+    args = parser.parse_args()
+    rates = FaultRates(**{name: getattr(args, name) for name in asdict(FaultRates())})
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args.upstream, args.host, args.port, FaultPlan(rates, args.seed)))
+
+
+class FaultProxy:
+    """`with FaultProxy(s3.endpoint_url, FaultRates(slowdown=0.05), seed=1) as proxy:` gives a faulty S3
+    at `proxy.endpoint_url`; `proxy.counts()` says what it injected so far."""
+
+    def __init__(self, upstream: str, rates: FaultRates, *, seed: int = 0, start_timeout_s: float = 30.0) -> None:
+        self.rates = rates
+        self.seed = seed
+        self.args = ["--upstream", upstream, "--seed", str(seed), *_rates_arguments(rates)]
+        self.start_timeout_s = start_timeout_s
+        self.endpoint_url = ""
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> FaultProxy:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "prefetchd.testing.fault_proxy", *self.args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert self._process.stdout is not None
+        ready, _, _ = select.select([self._process.stdout], [], [], self.start_timeout_s)
+        line = self._process.stdout.readline().decode() if ready else ""
+        match = _LISTENING.search(line)
+        if match is None:
+            self.__exit__()
+            raise RuntimeError(f"the fault proxy did not start: {line!r}")
+        self.endpoint_url = match.group(1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is not None:
+            stop_child(self._process)
+            self._process = None
+
+    def _report(self) -> dict[str, Any]:
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through an HTTP_PROXY
+        with direct.open(self.endpoint_url + COUNTS_PATH, timeout=10) as answer:
+            report: dict[str, Any] = json.load(answer)
+        return report
+
+    def counts(self) -> FaultCounts:
+        """What the proxy has injected since it started."""
+        return FaultCounts.from_mapping(self._report()["counts"])
+
+    def recent(self) -> list[str]:
+        """The last faults injected, newest last, each with its request and arrival: what to replay."""
+        return list(self._report()["recent"])
+
+    def __repr__(self) -> str:
+        return f"<FaultProxy {self.endpoint_url or 'not started'} seed={self.seed} {self.rates}>"
+
+
+if __name__ == "__main__":
+    main()

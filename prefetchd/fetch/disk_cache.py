@@ -68,6 +68,7 @@ class DiskCache:
         self._entries: OrderedDict[EntryKey, Entry] = OrderedDict()  # least recently used first
         self._by_url: dict[str, set[EntryKey]] = {}  # URL hash → its entries, to drop an old version's at once
         self._spilling: dict[EntryKey, NDArray[np.uint8]] = {}  # being written
+        self._finished: dict[EntryKey, asyncio.Future[Entry]] = {}  # written, waiting for earlier spills
         self._spilling_bytes = 0
         self._held = 0  # the entries' bytes; the budget also counts the spills'
         self._versions: dict[str, str | None] = {}  # URL hash → ETag hash; None: several (left by a crash)
@@ -200,7 +201,14 @@ class DiskCache:
         self._submit(partial(self._write_file, key, buffer, victims), partial(self._written, key))
 
     def _written(self, key: EntryKey, job: asyncio.Future[Entry]) -> None:
-        """A spill's write is done: index its file, or count why not."""
+        """A spill's write is done; files are indexed in the order their spills came, not the threads' order,
+        so that least recently used stays least recently used."""
+        self._finished[key] = job
+        while self._spilling and (first := next(iter(self._spilling))) in self._finished:
+            self._index_spill(first, self._finished.pop(first))
+
+    def _index_spill(self, key: EntryKey, job: asyncio.Future[Entry]) -> None:
+        """Index a spill's file, or count why not."""
         del self._spilling[key]
         self._spilling_bytes -= key.size
         self._room.set()

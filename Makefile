@@ -47,8 +47,11 @@ pytest: $(STAMP)
 # Everything that does not need MXNet, again on numpy 2 (tests that need MXNet carry the mxnet mark;
 # these modules import it at the top, so they are not even collected there).
 MXNET_MODULES := tests/e2e/test_mnist_iter.py tests/e2e/test_training.py
+# The HTTP layer and the test servers touch no numpy: once, in the first environment, is enough.
+NO_NUMPY_MODULES := tests/testing tests/fetch/test_http11.py tests/fetch/test_range_get.py tests/fetch/test_lean_s3.py
 pytest-numpy2: $(STAMP2)
-	$(VENV2)/bin/python -m pytest -m "not mxnet" $(MXNET_MODULES:%=--ignore=%) $(PYTEST_ARGS)
+	$(VENV2)/bin/python -m pytest -m "not mxnet" $(MXNET_MODULES:%=--ignore=%) $(NO_NUMPY_MODULES:%=--ignore=%) \
+		$(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m prefetchd bench $(BENCH_ARGS)

@@ -16,13 +16,8 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import re
-import select
 import socket
 import struct
-import subprocess
-import sys
 import urllib.request
 import uuid
 from collections import Counter, deque
@@ -32,11 +27,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from .child_server import ChildServer, serve_aiohttp
 from .fault_plan import BODY_FAULTS, Decision, Fault, FaultCounts, FaultPlan, FaultRates, is_object_get, request_key
-from .processes import stop_child
 
 COUNTS_PATH = "/__faults__"
-_LISTENING = re.compile(r"Listening on (http://[\d.]+:\d+)")
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "upgrade", "te", "trailer"}
 _PIECE_BYTES = 64 * 1024
 _FLUSH_TIMEOUT_S = 5.0
@@ -186,21 +180,7 @@ async def _break(request: web.Request, fault: Fault) -> None:
 
 async def _serve(upstream: str, host: str, port: int, plan: FaultPlan) -> None:
     injector = FaultInjector(upstream, plan)
-    app = web.Application(client_max_size=1 << 30)
-    app.router.add_route("*", "/{tail:.*}", injector.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    server = site._server
-    assert server is not None
-    address = server.sockets[0].getsockname()  # type: ignore[attr-defined]
-    print(f"Listening on http://{address[0]}:{address[1]}", flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await injector.close()
-        await runner.cleanup()
+    await serve_aiohttp(injector.handle, host, port, injector.close)
 
 
 _OPTION_HELP = {  # FaultRates' fields, as command-line options
@@ -232,39 +212,23 @@ def main() -> None:
         asyncio.run(_serve(args.upstream, args.host, args.port, FaultPlan(rates, args.seed)))
 
 
-class FaultProxy:
+class FaultProxy(ChildServer):
     """`with FaultProxy(s3.endpoint_url, FaultRates(slowdown=0.05), seed=1) as proxy:` gives a faulty S3
     at `proxy.endpoint_url`; `proxy.counts()` says what it injected so far."""
 
+    module = "prefetchd.testing.fault_proxy"
+    what = "the fault proxy"
+
     def __init__(self, upstream: str, rates: FaultRates, *, seed: int = 0, start_timeout_s: float = 30.0) -> None:
+        super().__init__(
+            ["--upstream", upstream, "--seed", str(seed), *_rates_arguments(rates)], start_timeout_s=start_timeout_s
+        )
         self.rates = rates
         self.seed = seed
-        self.args = ["--upstream", upstream, "--seed", str(seed), *_rates_arguments(rates)]
-        self.start_timeout_s = start_timeout_s
-        self.endpoint_url = ""
-        self._process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> FaultProxy:
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "prefetchd.testing.fault_proxy", *self.args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        assert self._process.stdout is not None
-        ready, _, _ = select.select([self._process.stdout], [], [], self.start_timeout_s)
-        line = self._process.stdout.readline().decode() if ready else ""
-        match = _LISTENING.search(line)
-        if match is None:
-            self.__exit__()
-            raise RuntimeError(f"the fault proxy did not start: {line!r}")
-        self.endpoint_url = match.group(1)
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._process is not None:
-            stop_child(self._process)
-            self._process = None
 
     def _report(self) -> dict[str, Any]:
         direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through an HTTP_PROXY

@@ -17,12 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import re
-import select
 import socket
-import subprocess
-import sys
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -31,9 +27,8 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
-from .processes import stop_child
+from .child_server import ChildServer, serve_aiohttp
 
-_LISTENING = re.compile(r"Listening on (https?://[\d.]+:\d+)")
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "content-encoding"}
 _PIECE_BYTES = 256 * 1024
@@ -165,23 +160,8 @@ class Network:
 
 
 async def _serve(upstream: str, host: str, port: int, latency_s: float, bytes_per_s: float) -> None:
-
     network = Network(upstream, latency_s=latency_s, bytes_per_s=bytes_per_s)
-    app = web.Application(client_max_size=1 << 30)
-    app.router.add_route("*", "/{tail:.*}", network.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    server = site._server
-    assert server is not None
-    address = server.sockets[0].getsockname()  # type: ignore[attr-defined]
-    print(f"Listening on http://{address[0]}:{address[1]}", flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await network.close()
-        await runner.cleanup()
+    await serve_aiohttp(network.handle, host, port, network.close)
 
 
 async def _serve_relay(upstream: str, host: str, port: int, latency_s: float, bytes_per_s: float) -> None:
@@ -213,17 +193,20 @@ def main() -> None:
         uvloop.run(serve(args.upstream, args.host, args.port, args.latency_ms / 1000, bytes_per_s))
 
 
-class NetworkProxy:
+class NetworkProxy(ChildServer):
     """`with NetworkProxy(s3.endpoint_url) as proxy:` gives an emulated network at `proxy.endpoint_url`.
 
     `relay=True` for a fast upstream (nginx, http or https): a TCP relay instead of object copies.
     `megabytes_per_s=0` sets no pace.
     """
 
+    module = "prefetchd.testing.network_proxy"
+    what = "the network proxy"
+
     def __init__(
         self, upstream: str, *, latency_ms: float = 30.0, megabytes_per_s: float = 90.0, relay: bool = False
     ) -> None:
-        self.args = [
+        args = [
             "--upstream",
             upstream,
             "--latency-ms",
@@ -232,30 +215,11 @@ class NetworkProxy:
             str(megabytes_per_s),
             *(["--relay"] if relay else []),
         ]
-        self.endpoint_url = ""
-        self._process: subprocess.Popen[bytes] | None = None
+        super().__init__(args)
 
     def __enter__(self) -> NetworkProxy:
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "prefetchd.testing.network_proxy", *self.args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        assert self._process.stdout is not None
-        ready, _, _ = select.select([self._process.stdout], [], [], 30)
-        line = self._process.stdout.readline().decode() if ready else ""
-        match = _LISTENING.search(line)
-        if match is None:
-            self.__exit__()
-            raise RuntimeError(f"the network proxy did not start: {line!r}")
-        self.endpoint_url = match.group(1)
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._process is not None:
-            stop_child(self._process)
-            self._process = None
 
 
 if __name__ == "__main__":

@@ -64,7 +64,8 @@ def test_the_relay_passes_nginx_through_with_the_latency_and_pace(tls: bool) -> 
         assert part["Body"].read() == body[1000:1100000]
         assert part["ContentRange"] == f"bytes 1000-1099999/{len(body)}"
         elapsed = time.monotonic() - started
-        assert elapsed >= 0.05 + (1_099_000 - BURST_BYTES) / 20e6 * 0.9, "latency and pace are applied"
+        # unpaced, this takes ~0.05 s; paced, ~0.09 s (the bucket refills while the first byte waits: slack)
+        assert elapsed >= 0.05 + (1_099_000 - BURST_BYTES) / 20e6 * 0.75, "latency and pace are applied"
         with pytest.raises(botocore.exceptions.ClientError) as moved:
             client.get_object(Bucket=BUCKET, Key="relay/object", IfMatch='"0000"')
         assert moved.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412

@@ -199,11 +199,14 @@ class RangeGetter:
         connect_timeout_s: float = 10.0,
         idle_timeout_s: float = 30.0,
         max_idle_per_origin: int = 64,
+        max_connections: int = 256,
     ) -> None:
         self._ssl = ssl_context
         self.connect_timeout_s = connect_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self._max_idle = max_idle_per_origin
+        # each GET holds one connection: this bounds the sockets of all streams together (a request waits)
+        self._connections = asyncio.Semaphore(max_connections)
         self._idle: dict[tuple[str, str, int], list[_Exchange]] = {}
         self._requests = self._refused = self._broken = self._opened = self._stale = 0
 
@@ -216,13 +219,14 @@ class RangeGetter:
         target = parse_target(url)
         request = range_request(target, first, first + len(out) - 1, if_match)
         self._requests += 1
-        while True:
-            exchange, reused = await self._connection(target)
-            try:
-                await self._exchange(exchange, request, out, accept, reused)
-                return
-            except _StaleConnection:
-                self._stale += 1  # the server closed it while it sat idle: go again on a new one
+        async with self._connections:
+            while True:
+                exchange, reused = await self._connection(target)
+                try:
+                    await self._exchange(exchange, request, out, accept, reused)
+                    return
+                except _StaleConnection:
+                    self._stale += 1  # the server closed it while it sat idle: go again on a new one
 
     async def _exchange(
         self, exchange: _Exchange, request: bytes, out: memoryview, accept: Accept, reused: bool

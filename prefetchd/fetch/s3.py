@@ -68,6 +68,7 @@ _DENIED = {
 }
 _CHANGED = {"412", "PreconditionFailed", "416", "InvalidRange"}
 PRESIGN_EXPIRES_S = 3600
+LEAN_CONNECTIONS_PER_POOL = 8
 PRESIGN_REUSE_S = 300.0  # a URL is signed again after this, long before it expires
 
 
@@ -169,7 +170,11 @@ class S3Source:
             )
         )
         if self._want_lean:
-            self.lean = RangeGetter(ssl_context=self._ssl_context(session))
+            # aiobotocore's pool is max_connections for the whole daemon; the lean path lets streams that
+            # read at once (several clients, or batches read as pieces) have more, within a bound
+            self.lean = RangeGetter(
+                ssl_context=self._ssl_context(session), max_connections=LEAN_CONNECTIONS_PER_POOL * self.max_connections
+            )
             self._stack.callback(self.lean.close)
         self._log_settings(session)
         return self

@@ -323,6 +323,20 @@ def test_many_ranges_at_once_share_a_bounded_set_of_connections() -> None:
     run(scenario)
 
 
+def test_requests_beyond_max_connections_wait_for_one() -> None:
+    async def scenario() -> None:
+        server = ScriptedServer()
+        async with serving(server) as url:
+            getter = RangeGetter(max_connections=3)
+            pieces = [(first, 1000) for first in range(0, 100_000, 1000)]
+            results = await asyncio.gather(*(_get(getter, url, first, size) for first, size in pieces))
+            assert b"".join(results) == OBJECT[:100_000]
+            assert server.connections <= 3
+            getter.close()
+
+    run(scenario)
+
+
 def test_no_server_is_an_os_error() -> None:
     async def scenario() -> None:
         listener = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)

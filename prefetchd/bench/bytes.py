@@ -15,7 +15,6 @@ The limit for a reader with n connections: min(n × the pace, the best round of 
 from __future__ import annotations
 
 import contextlib
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from typing import Any
 from ..config import Config
 from ..testing.datasets import fashion_mnist
 from . import readers
+from .figures import median_mb_per_s
 from .images import dataset
 from .network import BUCKET, BenchS3, bench_s3, daemon
 
@@ -48,7 +48,7 @@ class Result:
 
     @property
     def mb_per_s(self) -> float:
-        return self.size / statistics.median(self.seconds) / 1e6
+        return median_mb_per_s(self.size, self.seconds)
 
     @property
     def best_mb_per_s(self) -> float:

@@ -9,7 +9,6 @@ the epoch cache off so that every round crosses the network.
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from .figures import median_mb_per_s
 from .images import dataset
 from .network import bench_s3, daemon
 
@@ -33,11 +33,11 @@ class ClientsResult:
 
     @property
     def one_client_mb_per_s(self) -> float:
-        return self.size / statistics.median(self.one_client_s) / 1e6
+        return median_mb_per_s(self.size, self.one_client_s)
 
     @property
     def aggregate_mb_per_s(self) -> float:
-        return self.size / statistics.median(self.all_clients_s) / 1e6
+        return median_mb_per_s(self.size, self.all_clients_s)
 
 
 def _drain(url: str, socket_path: Path, part: int, parts: int, start: threading.Barrier | None = None) -> int:

@@ -21,6 +21,7 @@ import uvloop
 from ..config import S3Settings
 from ..fetch.s3 import S3Source
 from ..testing.embedded_s3 import CREDENTIALS
+from .figures import median_mb_per_s
 from .images import dataset
 from .network import bench_s3
 
@@ -37,7 +38,7 @@ class PathResult:
 
     @property
     def mb_per_s(self) -> float:
-        return self.size / statistics.median(self.seconds) / 1e6
+        return median_mb_per_s(self.size, self.seconds)
 
     @property
     def cpu_s_per_gb(self) -> float:

@@ -35,7 +35,8 @@ from .base import ChunkUses, ReaderShape, plan_for, run_to_completion
 
 OUTPUT_DTYPES = ("float32", "float16", "float64")
 INLINE_DECODE_BYTES = 1 << 20  # smaller batches decode on the loop (~0.1 ms for 100 MNIST images)
-_HEADER_PROBE_BYTES = 64  # enough for 15 dimensions; more takes a second read
+_IMAGE_HEAD_BYTES = 256 << 10  # the header and the first records: an unshuffled stream's first batches need no
+# second round trip (330 Fashion-MNIST images; ~3 ms more of the open's GET at 90 MB/s)
 _LABEL_READ_BYTES = 1 << 20  # a label file up to this size comes whole with the open
 
 
@@ -115,6 +116,7 @@ class IdxReader:
         router: SourceRouter,
         config: Config,
         executor: Executor,
+        image_head: bytes = b"",
     ) -> None:
         self.request = request
         self.options = options
@@ -135,6 +137,12 @@ class IdxReader:
             granule=record_bytes,
         )
         self.chunk_records = max(1, chunk_bytes // record_bytes)
+        # the records the open's GET brought whole: records [0, len(head_rows)) of the object
+        first = image_header.record_offset(0)
+        head_count = min(image_header.count, max(0, len(image_head) - first) // record_bytes) if record_bytes else 0
+        self.head_rows = np.frombuffer(image_head, np.uint8, head_count * record_bytes, first).reshape(
+            head_count, record_bytes
+        )
         window_chunks = max(1, config.stream_budget_bytes // 2 // (self.chunk_records * record_bytes))
         self.window_records = window_chunks * self.chunk_records
         self.shape = ReaderShape(
@@ -159,7 +167,7 @@ class IdxReader:
         image_url, label_url = request.sources["image"], request.sources["label"]
         # one round trip: the image file's header, and the whole label file when it is small (60 kB for MNIST)
         (image, image_head), (label, label_head) = await open_all(
-            router, [image_url, label_url], [_HEADER_PROBE_BYTES, _LABEL_READ_BYTES]
+            router, [image_url, label_url], [_IMAGE_HEAD_BYTES, _LABEL_READ_BYTES]
         )
         image_header, label_header = await asyncio.gather(
             read_header(router, image, image_head), read_header(router, label, label_head)
@@ -184,6 +192,7 @@ class IdxReader:
             router=router,
             config=config,
             executor=executor,
+            image_head=image_head,
         )
 
     async def attach(self, segment_id: int, segment: Segment) -> None:
@@ -249,12 +258,16 @@ class IdxEpoch:
         reader = self.reader
         records = spec.records
         chunks = records // reader.chunk_records
-        needed = sorted(set(chunks.tolist()))
-        buffers = {c: await self.scheduler.get(c) for c in needed}
         n = len(records)
+        in_head = n > 0 and int(records.max()) < len(reader.head_rows)  # no need to wait for any chunk
+        needed = [] if in_head else sorted(set(chunks.tolist()))
+        buffers = {c: await self.scheduler.get(c) for c in needed}
 
         def decode() -> None:
-            rows = _contiguous_rows(buffers, records, reader.chunk_records, reader.header.record_bytes)
+            if in_head:
+                rows = reader.head_rows[records]
+            else:
+                rows = _contiguous_rows(buffers, records, reader.chunk_records, reader.header.record_bytes)
             if rows is None:
                 rows = gather_records(buffers, records, chunks, reader.chunk_records, reader.header.record_bytes)
             decode_images(rows.view(reader.header.dtype), out["data"][:n])

@@ -69,6 +69,7 @@ _DENIED = {
 _CHANGED = {"412", "PreconditionFailed", "416", "InvalidRange"}
 PRESIGN_EXPIRES_S = 3600
 LEAN_CONNECTIONS_PER_POOL = 8
+LEAN_PAUSE_AFTER_THROTTLE_S = 1.0  # a 503 or 500 sends every range through aiobotocore's backoff for this long
 PRESIGN_REUSE_S = 300.0  # a URL is signed again after this, long before it expires
 
 
@@ -135,6 +136,7 @@ class S3Source:
         self._want_lean = lean
         self._presigned: dict[str, tuple[str, float]] = {}
         self.fallbacks = 0  # ranges the lean path handed back to aiobotocore
+        self._lean_resumes_at = 0.0  # monotonic time before which ranges skip the lean path
 
     async def __aenter__(self) -> S3Source:
         session = get_session()
@@ -279,13 +281,15 @@ class S3Source:
 
     async def _get_into(self, bucket: str, key: str, info: ObjectInfo, first: int, out: memoryview) -> int:
         """One ranged GET; returns how many bytes reached `out` before the body ended or broke."""
-        if self.lean is not None:
+        if self.lean is not None and time.monotonic() >= self._lean_resumes_at:
             try:
                 return await self._lean_get_into(bucket, key, info, first, out)
             except Refused as exc:
                 self.fallbacks += 1
                 if exc.status in (401, 403):
                     self._presigned.pop(info.url, None)  # expired credentials: sign again next time
+                if exc.status in (500, 503):  # S3 asks us to slow down: botocore's retries back off, so let it
+                    self._lean_resumes_at = time.monotonic() + LEAN_PAUSE_AFTER_THROTTLE_S
                 log.debug("%s: bytes %d+%d: %s; read through aiobotocore instead", info.url, first, len(out), exc)
         return await self._botocore_get_into(bucket, key, info, first, out)
 

@@ -13,8 +13,10 @@ import re
 import select
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from contextlib import asynccontextmanager
 
+import aiohttp
 from aiohttp import web
 
 from .processes import stop_child
@@ -79,3 +81,36 @@ async def serve_aiohttp(
     finally:
         await close()
         await runner.cleanup()
+
+
+class Upstream:
+    """The server a proxy passes requests on to, over one session that leaves bodies as they are."""
+
+    def __init__(self, url: str, *, timeout: aiohttp.ClientTimeout | None = None) -> None:
+        self.url = url.rstrip("/")
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    @asynccontextmanager
+    async def forward(self, request: web.Request, *, drop: Collection[str]) -> AsyncIterator[aiohttp.ClientResponse]:
+        """`request` sent on as it came (method, path, query, body), less the headers named in `drop`."""
+        if self._session is None:
+            self._session = (
+                aiohttp.ClientSession(auto_decompress=False)  # aiohttp's default timeout
+                if self._timeout is None
+                else aiohttp.ClientSession(auto_decompress=False, timeout=self._timeout)
+            )
+        body = await request.read()
+        async with self._session.request(
+            request.method, self.url + request.path_qs, headers=kept_headers(request.headers, drop), data=body or None
+        ) as answer:
+            yield answer
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def kept_headers(headers: Mapping[str, str], drop: Collection[str]) -> dict[str, str]:
+    """`headers` less those named (lower case) in `drop`."""
+    return {k: v for k, v in headers.items() if k.lower() not in drop}

@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .child_server import ChildServer, serve_aiohttp
+from .child_server import ChildServer, Upstream, kept_headers, serve_aiohttp
 from .fault_plan import BODY_FAULTS, Decision, Fault, FaultCounts, FaultPlan, FaultRates, is_object_get, request_key
 
 COUNTS_PATH = "/__faults__"
@@ -61,11 +61,11 @@ class FaultInjector:
     """The aiohttp handler: object GETs meet the plan's faults; everything else goes to `upstream` and back."""
 
     def __init__(self, upstream: str, plan: FaultPlan) -> None:
-        self.upstream = upstream.rstrip("/")
+        # no timeout: a body goes through as upstream sends it, however long it takes
+        self.upstream = Upstream(upstream, timeout=aiohttp.ClientTimeout(total=None))
         self.plan = plan
         self.counts: Counter[str] = Counter()
         self.recent: deque[str] = deque(maxlen=_RECENT_FAULTS)
-        self._session: aiohttp.ClientSession | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.path == COUNTS_PATH:
@@ -89,26 +89,13 @@ class FaultInjector:
         self.counts[fault.value] += 1
         self.recent.append(f"{fault.value}: {what}")
 
-    async def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            # no decompression, no timeout: the body goes through as upstream sent it, however long it takes
-            self._session = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None))
-        return self._session
-
     async def _forward(
         self, request: web.Request, decision: Decision | None = None, what: str = ""
     ) -> web.StreamResponse:
         """Upstream's answer, its body streamed through; cut as `decision` says if it carries a body fault."""
-        session = await self._client()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-        body = await request.read()
-        async with session.request(
-            request.method, self.upstream + request.path_qs, headers=headers, data=body or None
-        ) as answer:
+        async with self.upstream.forward(request, drop=_HOP_BY_HOP) as answer:
             response = web.StreamResponse(
-                status=answer.status,
-                reason=answer.reason,
-                headers={k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP},
+                status=answer.status, reason=answer.reason, headers=kept_headers(answer.headers, _HOP_BY_HOP)
             )
             if answer.content_length is not None:
                 response.content_length = answer.content_length  # HEAD: the object's size, with no body
@@ -129,8 +116,7 @@ class FaultInjector:
         return response
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.upstream.close()
 
 
 def _body_cut(decision: Decision | None, answer: aiohttp.ClientResponse) -> tuple[Fault, int] | None:

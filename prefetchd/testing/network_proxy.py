@@ -24,10 +24,9 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 
-from .child_server import ChildServer, serve_aiohttp
+from .child_server import ChildServer, Upstream, kept_headers, serve_aiohttp
 
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "content-encoding"}
@@ -50,12 +49,11 @@ class Network:
     """The aiohttp application: latency and pacing in front of `upstream`."""
 
     def __init__(self, upstream: str, *, latency_s: float, bytes_per_s: float) -> None:
-        self.upstream = upstream.rstrip("/")
+        self.upstream = Upstream(upstream)
         self.latency_s = latency_s
         self.bytes_per_s = bytes_per_s
         self._objects: dict[str, _Object] = {}
         self._loading: dict[str, asyncio.Lock] = {}
-        self._session: aiohttp.ClientSession | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(self.latency_s)
@@ -67,21 +65,10 @@ class Network:
             return stored
         return await self._forward(request)
 
-    async def _client(self) -> aiohttp.ClientSession:
-
-        if self._session is None:
-            self._session = aiohttp.ClientSession(auto_decompress=False)
-        return self._session
-
     async def _forward(self, request: web.Request) -> web.StreamResponse:
-        session = await self._client()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-        body = await request.read()
-        async with session.request(
-            request.method, self.upstream + request.path_qs, headers=headers, data=body or None
-        ) as answer:
+        async with self.upstream.forward(request, drop=_HOP_BY_HOP) as answer:
             payload = await answer.read()
-            out = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
+            out = kept_headers(answer.headers, _HOP_BY_HOP)
             if request.method != "HEAD":
                 return web.Response(status=answer.status, headers=out, body=payload)
             head = web.StreamResponse(status=answer.status, headers=out)
@@ -100,15 +87,10 @@ class Network:
             if key in self._objects:
                 return self._objects[key]
 
-            session = await self._client()
-            headers = {
-                k: v
-                for k, v in request.headers.items()
-                if k.lower() not in _HOP_BY_HOP and k.lower() not in ("range", "if-match")
-            }
-            async with session.get(self.upstream + request.path_qs, headers=headers) as answer:  # qs: a presigned URL
+            # the whole object, whatever range was asked; the query is kept (a presigned URL's signature)
+            async with self.upstream.forward(request, drop=_HOP_BY_HOP | {"range", "if-match"}) as answer:
                 body = await answer.read()
-                kept = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
+                kept = kept_headers(answer.headers, _HOP_BY_HOP)
                 if answer.status != 200:
                     return web.Response(status=answer.status, headers=kept, body=body)
             stored = _Object(body, kept)
@@ -154,9 +136,7 @@ class Network:
         return response
 
     async def close(self) -> None:
-
-        if self._session is not None:
-            await self._session.close()
+        await self.upstream.close()
 
 
 async def _serve(upstream: str, host: str, port: int, latency_s: float, bytes_per_s: float) -> None:

@@ -62,7 +62,17 @@ def main() -> None:
     "stream_budget_bytes",
     help="Fetched-but-unconsumed bytes per stream, e.g. 512MiB [default: 512MiB]",
 )
-@click.option("--ring-size", "ring_bytes", help="Target shared memory per stream [default: 64MiB]")
+@click.option("--ring-size", "ring_bytes", help="Target shared memory per decoded stream [default: 64MiB]")
+@click.option(
+    "--max-ring-size",
+    "max_ring_bytes",
+    help="Most shared memory a bytes stream sizes its ring to, from the latency it measures [default: 256MiB]",
+)
+@click.option(
+    "--target-rate",
+    "target_bytes_per_s",
+    help="Bytes per second a bytes stream keeps enough in flight for, e.g. 1.5GB [default: 1.5GB]",
+)
 @click.option(
     "--cache-size",
     "cache_bytes",

@@ -58,6 +58,10 @@ class Config:
     cache_dir: Path | None = None  # the epoch cache's disk tier: what RAM evicts, kept across restarts
     cache_disk_bytes: int = 16 * 1024 * MiB  # the disk tier's budget, when cache_dir is set
     ring_bytes: int = 64 * MiB  # target size of one stream's ring
+    # a bytes stream sizes its ring from the first-byte latency it measures (fetch/window.py): enough bytes in
+    # flight to move `target_bytes_per_s`, never more shared memory than `max_ring_bytes`
+    target_bytes_per_s: int = 1500 * 1000 * 1000
+    max_ring_bytes: int = 256 * MiB
     max_slots: int = 64
     decode_threads: int = 2
     decode_processes: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))  # image decode workers
@@ -102,6 +106,8 @@ _TUNABLES: dict[str, Any] = {
     "cache_dir": lambda value: Path(value).expanduser(),
     "cache_disk_bytes": parse_bytes,
     "ring_bytes": parse_bytes,
+    "target_bytes_per_s": parse_bytes,
+    "max_ring_bytes": parse_bytes,
     "max_slots": int,
     "decode_threads": int,
     "decode_processes": int,
@@ -245,6 +251,8 @@ def validate(config: Config) -> None:
         (config.chunk_bytes >= config.min_chunk_bytes, "chunk_bytes must be at least min_chunk_bytes"),
         (config.stream_budget_bytes >= 2 * config.chunk_bytes, "stream_budget_bytes must hold two chunks"),
         (config.max_slots >= 2, "max_slots must be at least 2"),
+        (config.target_bytes_per_s >= 1, "target_bytes_per_s must be at least 1"),
+        (config.max_ring_bytes >= 1 * MiB, "max_ring_bytes must be at least 1MiB"),
         (config.cache_bytes >= 0, "cache_bytes must not be negative"),
         (config.cache_disk_bytes >= 0, "cache_disk_bytes must not be negative"),
         (config.decode_threads >= 1, "decode_threads must be at least 1"),

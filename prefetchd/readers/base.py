@@ -39,6 +39,7 @@ class ReaderShape:
     batches_per_epoch: int
     samples_per_epoch: int
     objects: dict[str, ObjectInfo]
+    ring_bytes: int | None = None  # the shared memory this stream wants; None: the daemon's ring_bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,13 +1,16 @@
 """Raw bytes of one object, `batch_size` bytes per batch, read from S3 straight into the ring slots.
 
-No decode and no copy: each batch is one ranged GET whose body lands in the client's slot. The stream
-keeps `max_concurrency` of them in flight (as many as the ring has free slots). This is what a user
-reading their own format wants, and the measure of the fetch path alone.
+No decode and no copy: each batch is read by ranged GETs whose bodies land in the client's slot. The ring
+is the fetch window, so its size comes from the endpoint's first-byte latency, measured by the GET that
+opens the object (`fetch/window.py`): a far endpoint gets more slots in flight, a near one no more shared
+memory than the client's `prefetch` asks. This is what a user reading their own format wants, and the
+measure of the fetch path alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,20 +24,27 @@ from prefetchd_client.protocol import Open
 from ..config import Config
 from ..fetch.policy import choose_chunk_bytes
 from ..fetch.router import SourceRouter
-from ..fetch.source import ObjectInfo
+from ..fetch.source import ObjectInfo, scheme_of
+from ..fetch.window import CONNECTION_BYTES_PER_S, Window, first_byte_seconds, plan_window
 from ..plan.epoch import BatchSpec, EpochPlan, partition, plan_epoch
 from ..ring.segment import Segment
 from .base import FillResult, ReaderShape
 from .idx import check_batching
 
-_PIECES_PER_BATCH = 4
+_MAX_PIECES_PER_BATCH = 8  # a batch is read as at most this many ranges
 
 
 class RawReader:
     """Serves one object's bytes in blocks of `batch_size`."""
 
     def __init__(
-        self, request: Open, info: ObjectInfo, config: Config, router: SourceRouter, head: bytes = b""
+        self,
+        request: Open,
+        info: ObjectInfo,
+        config: Config,
+        router: SourceRouter,
+        head: bytes = b"",
+        ttfb_s: float = 0.0,
     ) -> None:
         self.request = request
         self.info = info
@@ -42,19 +52,20 @@ class RawReader:
         self.block = request.batch_size
         self._router = router
         self.fill_depth = config.max_concurrency
-        # a small object is cut finer, so that it is still read `max_concurrency` ranges at a time
-        # and when the ring holds fewer batches than max_concurrency, a batch is read as a few pieces, so that the
-        # fetch concurrency does not need as many ring slots (every slot is shared memory the kernel must fault
-        # in); with a deep ring, whole-batch GETs pay the first-byte latency less often
-        self.piece = min(
+        self.window = self._plan_window(config, ttfb_s)
+        # a small object is cut finer, so that it is still read `max_concurrency` ranges at a time; a batch is
+        # read as the pieces the window calls for, so that `max_concurrency` GETs cover the window
+        piece = min(
             choose_chunk_bytes(
                 info.size,
                 concurrency=config.max_concurrency,
                 max_chunk_bytes=config.chunk_bytes,
                 min_chunk_bytes=config.min_chunk_bytes,
             ),
-            max(config.min_chunk_bytes, -(-self.block // self._pieces_per_batch(config))),
+            max(config.min_chunk_bytes, self.window.piece_bytes),
         )
+        pieces = min(_MAX_PIECES_PER_BATCH, max(1, (self.block + piece // 2) // piece))  # the nearest even cut
+        self.piece = -(-self.block // pieces)
         blocks = -(-info.size // self.block)
         self.part = partition(blocks, request.num_parts, request.part_index)
         part_bytes = max(0, min(info.size, self.part.stop * self.block) - self.part.start * self.block)
@@ -67,11 +78,20 @@ class RawReader:
             batches_per_epoch=len(self.part),
             samples_per_epoch=part_bytes,
             objects={"object": info},
+            ring_bytes=self.window.window_bytes + 2 * self.block,  # the window, one batch held, one published
         )
 
-    def _pieces_per_batch(self, config: Config) -> int:
-        ahead = max(1, self.request.prefetch)
-        return min(_PIECES_PER_BATCH, -(-config.max_concurrency // ahead))
+    def _plan_window(self, config: Config, ttfb_s: float) -> Window:
+        """At least the client's `prefetch` batches; more when the latency calls for it, within max_ring_bytes."""
+        at_least = max(1, self.request.prefetch) * self.block
+        return plan_window(
+            ttfb_s,
+            target_bytes_per_s=config.target_bytes_per_s,
+            connections=config.max_concurrency,
+            connection_bytes_per_s=CONNECTION_BYTES_PER_S,
+            min_window_bytes=at_least,
+            max_window_bytes=max(at_least, config.max_ring_bytes - 2 * self.block),
+        )
 
     @classmethod
     async def open(cls, request: Open, *, router: SourceRouter, config: Config) -> RawReader:
@@ -80,9 +100,15 @@ class RawReader:
         if request.decode:
             raise InvalidRequest(f"a bytes stream takes no decode options, not {sorted(request.decode)}")
         check_batching(request)
-        # one round trip opens the object and brings its first piece, so the first batch waits on no other
-        info, head = await router.open(request.sources["object"], min(config.min_chunk_bytes, request.batch_size))
-        return cls(request, info, config, router, head)
+        # one round trip opens the object and brings its first piece, so the first batch waits on no other; its
+        # time, less the body's, is the endpoint's first-byte latency, which sizes the window
+        # (a local file has none to cover: its window is the client's prefetch)
+        url = request.sources["object"]
+        started = time.monotonic()
+        info, head = await router.open(url, min(config.min_chunk_bytes, request.batch_size))
+        took_s = time.monotonic() - started
+        ttfb_s = first_byte_seconds(took_s, len(head), CONNECTION_BYTES_PER_S) if scheme_of(url) == "s3" else 0.0
+        return cls(request, info, config, router, head, ttfb_s)
 
     async def attach(self, segment_id: int, segment: Segment) -> None:
         """Nothing to map: the daemon writes the slots itself."""

@@ -110,7 +110,8 @@ class ControlServer:
             )
         stream_id = next(self._ids)
         geometry = layout.RingGeometry.build(2, shape.arrays)
-        slots = max(request.prefetch + 2, min(self.config.max_slots, self.config.ring_bytes // geometry.slot_bytes))
+        ring_bytes = shape.ring_bytes or self.config.ring_bytes
+        slots = max(request.prefetch + 2, min(self.config.max_slots, ring_bytes // geometry.slot_bytes))
         slots = min(slots, max(shape.batches_per_epoch, 2) + 2)  # more than an epoch ahead only costs memory
         geometry = layout.RingGeometry.build(slots, shape.arrays)
         ring = RingWriter(Segment(f"prefetchd-stream-{stream_id}", geometry.segment_bytes, seal=False), geometry)

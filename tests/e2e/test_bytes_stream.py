@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from prefetchd.config import Config
+from prefetchd.fetch.window import CONNECTION_BYTES_PER_S, plan_window
 from prefetchd.testing.daemon_process import DaemonProcess
 from prefetchd.testing.embedded_s3 import EmbeddedS3
+from prefetchd.testing.network_proxy import NetworkProxy
 from prefetchd_client import InvalidRequest, bytes_iter
+from prefetchd_client.layout import RingGeometry
 from tests.conftest import Objects
 from tests.helpers import requests_for
 
@@ -64,10 +70,45 @@ def test_a_bytes_stream_refuses_decode_options(objects: Objects, daemon: DaemonP
 def test_a_ring_smaller_than_the_fill_depth_still_streams(objects: Objects, s3_server: EmbeddedS3) -> None:
     """32 fills may be in flight, but a ring of 10 slots must publish as it goes (it once waited for an 11th)."""
     url = objects.put("blob", DATA)
-    small_ring = DaemonProcess(env=s3_server.environment(), args=("--ring-size", "1MiB"))
+    small_ring = DaemonProcess(env=s3_server.environment(), args=("--max-ring-size", "1MiB"))
     with (
         small_ring,
         bytes_iter(url, batch_bytes=100_000, prefetch=1, socket_path=small_ring.socket_path, timeout_s=20) as batches,
     ):
         for _ in range(2):
             assert b"".join(batch.data.tobytes() for batch in batches) == DATA
+
+
+def test_a_far_endpoint_gets_a_deeper_ring_and_the_same_bytes(
+    objects: Objects, s3_server: EmbeddedS3, daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """The ring is the fetch window: sized from the first-byte latency the open measured (fetch/window.py)."""
+    block, prefetch, target = 1 << 16, 2, 5_000_000  # 46 batches; the window asks for about 31 of them
+    local = tmp_path / "blob"
+    local.write_bytes(DATA)
+    url = objects.put("blob", DATA)
+    arrays = [("data", "|u1", (block,)), ("label", "<f4", (0,)), ("index", "<u8", (1,))]
+    with bytes_iter(str(local), batch_bytes=block, prefetch=prefetch, socket_path=daemon.socket_path) as near:
+        # a local file answers at once: the window is the client's prefetch, and the ring that plus two
+        assert near.opened.segment_bytes == RingGeometry.build(prefetch + 2, arrays).segment_bytes
+        assert b"".join(batch.data.tobytes() for batch in near) == DATA
+    with (
+        NetworkProxy(s3_server.endpoint_url, latency_ms=400) as far_network,
+        DaemonProcess(
+            env={**s3_server.environment(), "AWS_ENDPOINT_URL_S3": far_network.endpoint_url},
+            args=("--target-rate", str(target)),
+        ) as far_daemon,
+        bytes_iter(url, batch_bytes=block, prefetch=prefetch, socket_path=far_daemon.socket_path) as far,
+    ):
+        # every GET waits at least 400 ms for its first byte, so the window is at least what 400 ms calls for
+        least = plan_window(
+            0.4,
+            target_bytes_per_s=target,
+            connections=Config(socket_path=tmp_path).max_concurrency,
+            connection_bytes_per_s=CONNECTION_BYTES_PER_S,
+            min_window_bytes=1,
+            max_window_bytes=1 << 40,
+        )
+        slots = -(-least.window_bytes // block) + 2
+        assert far.opened.segment_bytes >= RingGeometry.build(slots, arrays).segment_bytes > near.opened.segment_bytes
+        assert b"".join(batch.data.tobytes() for batch in far) == DATA

@@ -58,6 +58,12 @@ def main() -> None:
     help="How bulk bytes are read: lean ranged GETs straight into memory, or aiobotocore's [default: lean]",
 )
 @click.option(
+    "--stall-timeout",
+    "stall_timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds without a byte before a GET is dropped and made again on a new connection [default: 10]",
+)
+@click.option(
     "--budget",
     "stream_budget_bytes",
     help="Fetched-but-unconsumed bytes per stream, e.g. 512MiB [default: 512MiB]",

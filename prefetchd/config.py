@@ -52,6 +52,7 @@ class Config:
     max_concurrency: int = 32  # ranged GETs in flight per stream
     chunk_bytes: int = 8 * MiB  # the largest range one GET asks for
     fetch_path: str = "lean"  # bulk bytes: "lean" (range_get.py, straight into memory) or "botocore"
+    stall_timeout_s: float = 10.0  # no byte for this long: the GET is dropped and made again (fetch/policy.py)
     min_chunk_bytes: int = 1 * MiB  # small objects are cut no finer than this
     stream_budget_bytes: int = 512 * MiB  # fetched-but-unconsumed bytes per stream
     cache_bytes: int = 2048 * MiB  # the epoch cache of fetched S3 ranges, shared by all streams; 0 turns it off
@@ -100,6 +101,7 @@ _TUNABLES: dict[str, Any] = {
     "max_concurrency": int,
     "chunk_bytes": parse_bytes,
     "fetch_path": str,
+    "stall_timeout_s": float,
     "min_chunk_bytes": parse_bytes,
     "stream_budget_bytes": parse_bytes,
     "cache_bytes": parse_bytes,
@@ -260,6 +262,7 @@ def validate(config: Config) -> None:
         (config.exit_when_idle_s is None or config.exit_when_idle_s >= 0, "exit_when_idle_s must not be negative"),
         (config.log_level.upper() in LOG_LEVELS, f"log_level is one of {', '.join(LOG_LEVELS)}"),
         (config.fetch_path in FETCH_PATHS, f"fetch_path is one of {', '.join(FETCH_PATHS)}"),
+        (config.stall_timeout_s > 0, "stall_timeout_s must be more than 0"),
         (
             config.s3.addressing_style in ("auto", "path", "virtual"),
             "addressing_style is auto, path or virtual",

@@ -33,6 +33,7 @@ class SourceRouter:
                     self._config.s3,
                     max_connections=self._config.max_concurrency,
                     lean=self._config.fetch_path == "lean",
+                    stall_timeout_s=self._config.stall_timeout_s,
                 )
             )
         except BaseException:

@@ -1,10 +1,11 @@
 """S3 (and S3-compatible stores) as a source: one aiobotocore client, HEAD to pin, ranged GETs to read.
 
-The only module that sees botocore's and aiohttp's exception types; `_translate` turns them into ours,
-raised `from` the original so the cause is kept. Every ranged GET carries `If-Match` with the ETag pinned
-at open, so an object overwritten mid-epoch is `ObjectChanged`, never a mix of two versions. botocore
-retries a request that fails before its body; a body that breaks mid-read is resumed here from the
-last byte received, under `RetryPolicy`.
+Every ranged GET carries `If-Match` with the ETag pinned at open, so an object overwritten mid-epoch is
+`ObjectChanged`, never a mix of two versions. Retries are ours, not botocore's (its client makes one try),
+so that one `RetryPolicy` governs them all and every 503 reaches the bucket's `AdmissionGate`: a body that
+breaks or stalls is resumed from the last byte received, a 503 SlowDown backs off and lowers the requests
+in flight (AIMD), a 500 backs off, an expired session token renews the credentials, and a 403, 404, 412 or
+416 fails at once. `s3_errors` says which failure is which.
 """
 
 from __future__ import annotations
@@ -14,106 +15,73 @@ import logging
 import random
 import ssl
 import time
-from contextlib import AsyncExitStack
-from typing import Any
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-import aiohttp
 from aiobotocore.config import AioConfig
+from aiobotocore.credentials import create_credential_resolver
 from aiobotocore.session import get_session
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    EndpointConnectionError,
-    IncompleteReadError,
-    NoCredentialsError,
-    ReadTimeoutError,
-    ResponseStreamingError,
-)
+from botocore.exceptions import BotoCoreError, ClientError
 from botocore.httpsession import get_cert_path
 
-from prefetchd_client.errors import (
-    AccessDenied,
-    ObjectChanged,
-    ObjectNotFound,
-    PrefetchdError,
-    SourceError,
-    SourceUnavailable,
-)
+from prefetchd_client.errors import ObjectChanged, PrefetchdError, SourceError, SourceUnavailable
 
 from ..config import S3Settings
+from .admission import AdmissionGate, AdmissionStatistics, Ending
+from .aimd import AimdLimit
+from .credentials import RenewableChain, RenewableCredentials, install_renewable_chain
 from .http11 import ResponseHead, expected_content_range
-from .policy import RetryPolicy
+from .policy import DEFAULT_STALL_TIMEOUT_S, Retries, RetryBudget, RetryPolicy
 from .range_get import BodyBroken, RangeGetter, Refused
-from .source import ObjectInfo, parse_s3_url
+from .s3_errors import BODY_ERRORS, Failure, TryFailed, classify, describe, expired_token_error, translate
+from .source import ObjectInfo, S3Location, parse_s3_url
 
 log = logging.getLogger("prefetchd.fetch.s3")
 
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
+
 DEFAULT_REGION = "us-east-1"  # what dmlc-core's S3 filesystem falls back to, with the same warning
-_BODY_ERRORS = (
-    ResponseStreamingError,
-    IncompleteReadError,
-    ReadTimeoutError,
-    aiohttp.ClientError,
-    asyncio.TimeoutError,
-    ConnectionError,
-)
-_NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
-_DENIED = {
-    "403",
-    "AccessDenied",
-    "Forbidden",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "AllAccessDisabled",
-}
-_CHANGED = {"412", "PreconditionFailed", "416", "InvalidRange"}
 PRESIGN_EXPIRES_S = 3600
 LEAN_CONNECTIONS_PER_POOL = 8
-LEAN_PAUSE_AFTER_THROTTLE_S = 1.0  # a 503 or 500 sends every range through aiobotocore's backoff for this long
 PRESIGN_REUSE_S = 300.0  # a URL is signed again after this, long before it expires
+# what a refused lean GET means without its error document: these statuses say the same whatever their code
+_REFUSALS = {
+    429: Failure.THROTTLED,
+    503: Failure.THROTTLED,
+    500: Failure.TRANSIENT,
+    502: Failure.TRANSIENT,
+    504: Failure.TRANSIENT,
+}
 
 
-def _translate(exc: Exception, url: str, offset: int | None = None) -> PrefetchdError:
-    """Our error for a botocore/aiohttp failure on `url`, with what the user can do about it."""
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        detail = f"HTTP {status}" + (f" {code}" if code and code != str(status) else "")
-        if code in _NOT_FOUND or status == 404:
-            what = "bucket" if code == "NoSuchBucket" else "key"
-            return ObjectNotFound(f"ObjectNotFound: {url} ({detail}) — check the {what} and region", url=url)
-        if code in _DENIED or status == 403:
-            return AccessDenied(
-                f"AccessDenied: {url} ({detail}) — the daemon's credentials may not read it; "
-                "check the bucket policy and the credentials the daemon logged at start-up",
-                url=url,
-            )
-        if code in _CHANGED or status in (412, 416):
-            return ObjectChanged(
-                f"ObjectChanged: {url} was overwritten after the stream opened it ({detail}); "
-                "the epoch would mix two versions, so it stops here — reopen the stream",
-                url=url,
-                offset=offset,
-            )
-        return SourceUnavailable(f"{url}: the store answered {detail}: {error.get('Message', '')}", url=url)
-    if isinstance(exc, NoCredentialsError):
-        return AccessDenied(
-            f"{url}: the daemon found no AWS credentials (set S3_ACCESS_KEY_ID/S3_SECRET_ACCESS_KEY or "
-            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or an instance role)",
-            url=url,
-        )
-    if isinstance(exc, EndpointConnectionError):
-        return SourceUnavailable(f"{url}: cannot reach the S3 endpoint ({exc})", url=url)
-    return SourceUnavailable(f"{url}: {type(exc).__name__}: {exc}", url=url, offset=offset)
+@dataclass(frozen=True, slots=True)
+class S3Statistics:
+    requests: int  # tries sent (a lean try handed to aiobotocore counts once)
+    retries: int
+    throttled: int  # tries answered 503 SlowDown (or 429)
+    transient: int  # tries answered 500, 502, 504 or RequestTimeout
+    broken: int  # tries with no answer, or whose body broke off or stalled
+    expired_token: int  # tries answered ExpiredToken
+    credential_renewals: int
+    lean_fallbacks: int  # lean tries whose answer (an error, a redirect) went to aiobotocore to be read
+    retry_budget_left: float
+    buckets: tuple[AdmissionStatistics, ...]  # each bucket's requests in flight and its AIMD limit
+
+    def bucket(self, name: str) -> AdmissionStatistics:
+        return next(gate for gate in self.buckets if gate.name == name)
 
 
 class S3Source:
     """Reads `s3://` URLs through one aiobotocore client with a bounded connection pool.
 
     With `lean=True` the bulk bytes of ranged GETs go through `RangeGetter` instead, on URLs aiobotocore
-    presigns; any answer but the exact 206 asked for sends that range back through aiobotocore, which
-    retries, follows redirects and names the error.
+    presigns; a 503 or 500 there is retried there, and any other answer but the exact 206 asked for is
+    read through aiobotocore, which follows redirects and names the error. `sleep` and `rng` are injected
+    so that tests run the retry schedule on a fake clock.
     """
 
     def __init__(
@@ -124,19 +92,31 @@ class S3Source:
         retry: RetryPolicy | None = None,
         rng: random.Random | None = None,
         lean: bool = True,
+        stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.settings = settings
         self.max_connections = max_connections
         self.retry = retry or RetryPolicy()
+        self.stall_timeout_s = stall_timeout_s
         self._rng = rng or random.Random()
+        self._sleep = sleep
+        self._budget = RetryBudget(self.retry)
         self._stack = AsyncExitStack()
         self._client: Any = None
+        self._chain: RenewableChain | None = None
         self.region: str | None = None
         self.lean: RangeGetter | None = None
         self._want_lean = lean
-        self._presigned: dict[str, tuple[str, float]] = {}
-        self.fallbacks = 0  # ranges the lean path handed back to aiobotocore
-        self._lean_resumes_at = 0.0  # monotonic time before which ranges skip the lean path
+        self._presigned: dict[str, tuple[str, float, int]] = {}  # URL → (presigned URL, when, credentials' generation)
+        self._gates: dict[str, AdmissionGate] = {}
+        self._counts: Counter[str] = Counter()
+        self.fallbacks = 0  # ranges the lean path handed to aiobotocore
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most requests the fetch path sends at once, for all streams: where each bucket's limit starts."""
+        return LEAN_CONNECTIONS_PER_POOL * self.max_connections if self._want_lean else self.max_connections
 
     async def __aenter__(self) -> S3Source:
         session = get_session()
@@ -149,9 +129,9 @@ class S3Source:
         config = AioConfig(
             signature_version="s3v4",  # requests are SigV4 anyway; presigned URLs must be too
             max_pool_connections=self.max_connections,
-            retries={"mode": "standard", "total_max_attempts": self.retry.max_attempts},  # counts the first
+            retries={"mode": "standard", "total_max_attempts": 1},  # one try: the retries are ours
             connect_timeout=10,
-            read_timeout=30,
+            read_timeout=self.stall_timeout_s,  # no byte for this long: the try broke, and is resumed
             s3={"addressing_style": self.settings.addressing_style},
         )
         credentials: dict[str, Any] = {}
@@ -161,6 +141,11 @@ class S3Source:
                 "aws_secret_access_key": self.settings.secret_access_key,
                 "aws_session_token": self.settings.session_token,
             }
+        else:
+            region = self.region  # the chain's own clients (STS, SSO) use the region S3's does, as botocore's would
+            self._chain = install_renewable_chain(
+                session, lambda: create_credential_resolver(session, region_name=region)
+            )
         self._client = await self._stack.enter_async_context(
             session.create_client(
                 "s3",
@@ -175,10 +160,12 @@ class S3Source:
             # aiobotocore's pool is max_connections for the whole daemon; the lean path lets streams that
             # read at once (several clients, or batches read as pieces) have more, within a bound
             self.lean = RangeGetter(
-                ssl_context=self._ssl_context(session), max_connections=LEAN_CONNECTIONS_PER_POOL * self.max_connections
+                ssl_context=self._ssl_context(session),
+                max_connections=self.max_in_flight,
+                idle_timeout_s=self.stall_timeout_s,
             )
             self._stack.callback(self.lean.close)
-        self._log_settings(session)
+        self._log_settings()
         return self
 
     def _ssl_context(self, session: Any) -> ssl.SSLContext:
@@ -190,12 +177,12 @@ class S3Source:
             return context
         return ssl.create_default_context(cafile=get_cert_path(session.get_config_variable("ca_bundle") or True))
 
-    def _log_settings(self, session: Any) -> None:
+    def _log_settings(self) -> None:
         names = ", ".join(self.settings.env_names_used) or "none"
         method = "explicit S3_*/AWS_* keys" if self.settings.access_key_id else "the AWS credential chain"
         log.info(
             "S3: endpoint=%s region=%s addressing=%s verify_ssl=%s bulk reads=%s credentials from %s; "
-            "variables used: %s",
+            "variables used: %s; %s, stall timeout %g s",
             self.settings.endpoint_url or "AWS default",
             self.region,
             self.settings.addressing_style,
@@ -203,18 +190,27 @@ class S3Source:
             "lean" if self.lean else "aiobotocore",
             method,
             names,
+            self.retry,
+            self.stall_timeout_s,
         )
 
     async def __aexit__(self, *exc: object) -> None:
+        log.info("S3 at exit: %r", self)
         await self._stack.aclose()
+
+    # the operations
 
     async def stat(self, url: str) -> ObjectInfo:
         location = parse_s3_url(url)
+
+        async def head() -> Any:
+            return await self._client.head_object(Bucket=location.bucket, Key=location.key)
+
         try:
-            head = await self._client.head_object(Bucket=location.bucket, Key=location.key)
+            answer = await self._request(url, location.bucket, head, head=True)
         except (ClientError, BotoCoreError) as exc:
-            raise _translate(exc, url) from exc
-        return ObjectInfo(url, int(head["ContentLength"]), str(head["ETag"]))
+            raise translate(exc, url) from exc
+        return ObjectInfo(url, int(answer["ContentLength"]), str(answer["ETag"]))
 
     async def open(self, url: str, head_bytes: int) -> tuple[ObjectInfo, bytes]:
         """One ranged GET instead of a HEAD and then a GET: its Content-Range gives the size, its ETag the version.
@@ -222,20 +218,24 @@ class S3Source:
         An empty object answers a range with 416; a body that breaks is read again the careful way.
         """
         location = parse_s3_url(url)
-        try:
-            response = await self._client.get_object(
+
+        async def get_head() -> Any:
+            return await self._client.get_object(
                 Bucket=location.bucket, Key=location.key, Range=f"bytes=0-{max(head_bytes, 1) - 1}"
             )
+
+        try:
+            response = await self._request(url, location.bucket, get_head)
         except ClientError as exc:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 416:
                 return await self.stat(url), b""
-            raise _translate(exc, url) from exc
+            raise translate(exc, url) from exc
         except BotoCoreError as exc:
-            raise _translate(exc, url) from exc
+            raise translate(exc, url) from exc
         body = response["Body"]
         try:
             head = await body.read()
-        except _BODY_ERRORS:
+        except BODY_ERRORS:
             head = None
         finally:
             body.close()
@@ -255,47 +255,127 @@ class S3Source:
         afresh, within `retry.max_tries` in all.
         """
         location = parse_s3_url(info.url)
+        retries = Retries(self.retry, self._budget, self._rng)
+        what = f"reading bytes {start}-{start + len(out) - 1}"
         done = 0
-        attempt = tries = 1
         while done < len(out):
-            first = start + done
             try:
-                done += await self._get_into(location.bucket, location.key, info, first, out[done:])
-            except PartialRead as exc:
+                async with self._admitted(location.bucket) as generation:
+                    done += await self._get_into(location, info, start + done, out[done:], generation)
+            except TryFailed as exc:
                 done += exc.received
-                attempt = 1 if exc.received else attempt
-                cause = exc.__cause__ or exc
-                if not self.retry.should_retry(attempt) or tries >= self.retry.max_tries:
-                    raise SourceUnavailable(
-                        f"{info.url}: reading bytes {start}-{start + len(out) - 1} broke off {tries} times, "
-                        f"{attempt} in a row with no new byte; last error: {type(cause).__name__}: {cause}",
-                        url=info.url,
-                        offset=start + done,
-                    ) from cause
-                log.info("%s: body broke at byte %d (%s); resuming", info.url, start + done, cause)
-                await asyncio.sleep(self.retry.backoff_s(attempt, self._rng))
-                attempt += 1
-                tries += 1
-            except (ClientError, BotoCoreError) as exc:
-                raise _translate(exc, info.url, first) from exc
+                await self._before_retry(exc, retries, info.url, what, start + done)
 
-    async def _get_into(self, bucket: str, key: str, info: ObjectInfo, first: int, out: memoryview) -> int:
-        """One ranged GET; returns how many bytes reached `out` before the body ended or broke."""
-        if self.lean is not None and time.monotonic() >= self._lean_resumes_at:
+    # one try, and what to do after a failed one
+
+    async def _request(self, url: str, bucket: str, call: Callable[[], Awaitable[T]], *, head: bool = False) -> T:
+        """`call()` (one botocore request) under the retry policy; raises botocore's error when it is final."""
+        retries = Retries(self.retry, self._budget, self._rng)
+        while True:
             try:
-                return await self._lean_get_into(bucket, key, info, first, out)
-            except Refused as exc:
-                self.fallbacks += 1
-                if exc.status in (401, 403):
-                    self._presigned.pop(info.url, None)  # expired credentials: sign again next time
-                if exc.status in (500, 503):  # S3 asks us to slow down: botocore's retries back off, so let it
-                    self._lean_resumes_at = time.monotonic() + LEAN_PAUSE_AFTER_THROTTLE_S
-                log.debug("%s: bytes %d+%d: %s; read through aiobotocore instead", info.url, first, len(out), exc)
-        return await self._botocore_get_into(bucket, key, info, first, out)
+                async with self._admitted(bucket):
+                    try:
+                        return await call()
+                    except (ClientError, BotoCoreError) as exc:
+                        failure = classify(exc, head=head and self._signs_with_a_token())
+                        if failure is None:
+                            raise
+                        raise TryFailed(failure, describe(exc)) from exc
+            except TryFailed as exc:
+                await self._before_retry(exc, retries, url, "a request", None)
 
-    async def _lean_get_into(self, bucket: str, key: str, info: ObjectInfo, first: int, out: memoryview) -> int:
+    @asynccontextmanager
+    async def _admitted(self, bucket: str) -> AsyncIterator[int]:
+        """One try, admitted by the bucket's gate; yields the credentials' generation it signs with."""
+        async with self._gate(bucket).admitted() as ticket:
+            self._counts["requests"] += 1
+            generation = self._chain.credentials.generation if self._chain and self._chain.credentials else 0
+            try:
+                yield generation
+            except TryFailed as exc:
+                exc.generation = generation
+                self._counts[exc.failure.value] += 1
+                if exc.failure is Failure.THROTTLED:
+                    ticket.ending = Ending.THROTTLED
+                raise
+            ticket.ending = Ending.SUCCEEDED
+            self._budget.earn()
+
+    def _gate(self, bucket: str) -> AdmissionGate:
+        gate = self._gates.get(bucket)
+        if gate is None:
+            gate = self._gates[bucket] = AdmissionGate(bucket, AimdLimit(self.max_in_flight))
+        return gate
+
+    async def _before_retry(self, exc: TryFailed, retries: Retries, url: str, what: str, offset: int | None) -> None:
+        """Wait as the policy says before the next try, or raise the error that ends the read."""
+        cause = exc.__cause__ or exc
+        renewed = False
+        if exc.failure is Failure.EXPIRED_TOKEN:
+            renewed = await self._renew_credentials(exc, url)
+        delay = retries.next_delay(progressed=exc.received > 0)
+        if delay is None:
+            if exc.failure is Failure.EXPIRED_TOKEN:
+                raise expired_token_error(url, str(exc), renewable=True) from cause
+            raise SourceUnavailable(
+                f"{url}: {what} failed {_times(retries.tries)}; gave up because {retries.stop_reason}; "
+                f"last error: {exc}",
+                url=url,
+                offset=offset,
+            ) from cause
+        self._counts["retries"] += 1
+        level = logging.DEBUG if exc.failure is Failure.THROTTLED else logging.INFO
+        log.log(level, "%s: %s: %s; try %d in %.3f s", url, what, exc, retries.tries, 0.0 if renewed else delay)
+        if not renewed:
+            await self._sleep(delay)
+
+    async def _renew_credentials(self, exc: TryFailed, url: str) -> bool:
+        """Whether requests now sign with a token other than the one S3 called expired."""
+        credentials = self._renewable()
+        if credentials is None:
+            raise expired_token_error(url, str(exc), renewable=False) from (exc.__cause__ or exc)
+        try:
+            renewed = await credentials.renew(exc.generation)
+        except BotoCoreError as error:
+            raise SourceUnavailable(
+                f"{url}: S3 said the session token expired, and asking the credential chain again failed: {error}",
+                url=url,
+            ) from error
+        if renewed:
+            self._presigned.clear()  # each presigned URL carries the old token
+        return renewed
+
+    def _signs_with_a_token(self) -> bool:
+        """Whether requests may carry a session token, which can expire (keys alone do not)."""
+        return self._chain is not None or bool(self.settings.session_token)
+
+    def _renewable(self) -> RenewableCredentials | None:
+        return self._chain.credentials if self._chain is not None else None
+
+    # the two ways to GET a range
+
+    async def _get_into(
+        self, location: S3Location, info: ObjectInfo, first: int, out: memoryview, generation: int
+    ) -> int:
+        """One ranged GET; returns len(out), or raises `TryFailed` with the bytes that reached `out`."""
+        if self.lean is not None:
+            try:
+                return await self._lean_get_into(location, info, first, out, generation)
+            except Refused as exc:
+                failure = _REFUSALS.get(exc.status or 0)
+                if failure is not None:
+                    raise TryFailed(failure, str(exc)) from exc
+                self.fallbacks += 1
+                if exc.status in (400, 401, 403):
+                    self._presigned.pop(info.url, None)  # perhaps expired credentials: sign again next time
+                log.debug("%s: bytes %d+%d: %s; read through aiobotocore instead", info.url, first, len(out), exc)
+        return await self._botocore_get_into(location, info, first, out)
+
+    async def _lean_get_into(
+        self, location: S3Location, info: ObjectInfo, first: int, out: memoryview, generation: int
+    ) -> int:
         assert self.lean is not None
-        url = await self._presigned_url(info.url, bucket, key)
+        url = await self._presigned_url(info.url, location, generation)
         wanted_range = expected_content_range(first, first + len(out) - 1, info.size)
 
         def accept(head: ResponseHead) -> bool:
@@ -304,31 +384,34 @@ class S3Source:
         try:
             await self.lean.get_into(url, first, out, if_match=info.version, accept=accept)
         except BodyBroken as exc:
-            raise PartialRead(exc.received) from exc
+            raise TryFailed(Failure.BROKEN, str(exc), received=exc.received) from exc
         except (OSError, TimeoutError) as exc:  # no connection at all
-            raise PartialRead(0) from exc
+            raise TryFailed(Failure.BROKEN, f"{type(exc).__name__}: {exc}") from exc
         return len(out)
 
-    async def _presigned_url(self, url: str, bucket: str, key: str) -> str:
+    async def _presigned_url(self, url: str, location: S3Location, generation: int) -> str:
         """A presigned GET URL for the object: aiobotocore resolves the endpoint, addressing and credentials."""
         now = time.monotonic()
         cached = self._presigned.get(url)
-        if cached is not None and now - cached[1] < PRESIGN_REUSE_S:
+        if cached is not None and now - cached[1] < PRESIGN_REUSE_S and cached[2] == generation:
             return cached[0]
         try:
             signed = await self._client.generate_presigned_url(
-                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=PRESIGN_EXPIRES_S
+                "get_object", Params={"Bucket": location.bucket, "Key": location.key}, ExpiresIn=PRESIGN_EXPIRES_S
             )
         except (ClientError, BotoCoreError) as exc:
-            raise _translate(exc, url) from exc
-        self._presigned[url] = (str(signed), now)
+            raise translate(exc, url) from exc
+        self._presigned[url] = (str(signed), now, generation)
         return str(signed)
 
-    async def _botocore_get_into(self, bucket: str, key: str, info: ObjectInfo, first: int, out: memoryview) -> int:
+    async def _botocore_get_into(self, location: S3Location, info: ObjectInfo, first: int, out: memoryview) -> int:
         last = first + len(out) - 1
-        response = await self._client.get_object(
-            Bucket=bucket, Key=key, Range=f"bytes={first}-{last}", IfMatch=info.version
-        )
+        try:
+            response = await self._client.get_object(
+                Bucket=location.bucket, Key=location.key, Range=f"bytes={first}-{last}", IfMatch=info.version
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise _failed_try(exc, info.url, first) from exc
         self._check_range(response, info, first, last)
         body = response["Body"]
         received = 0
@@ -338,12 +421,12 @@ class S3Source:
                 if n == 0:
                     break
                 received += n
-        except _BODY_ERRORS as exc:
-            raise PartialRead(received) from exc
+        except BODY_ERRORS as exc:
+            raise TryFailed(Failure.BROKEN, describe(exc), received=received) from exc
         finally:
             body.close()
         if received < len(out):
-            raise PartialRead(received)
+            raise TryFailed(Failure.BROKEN, f"the body ended after {received} of {len(out)} bytes", received=received)
         return received
 
     @staticmethod
@@ -364,6 +447,44 @@ class S3Source:
                 offset=first,
             )
 
+    # what it did so far
+
+    def statistics(self) -> S3Statistics:
+        counts = self._counts
+        return S3Statistics(
+            requests=counts["requests"],
+            retries=counts["retries"],
+            throttled=counts[Failure.THROTTLED.value],
+            transient=counts[Failure.TRANSIENT.value],
+            broken=counts[Failure.BROKEN.value],
+            expired_token=counts[Failure.EXPIRED_TOKEN.value],
+            credential_renewals=credentials.renewals if (credentials := self._renewable()) else 0,
+            lean_fallbacks=self.fallbacks,
+            retry_budget_left=self._budget.left,
+            buckets=tuple(gate.statistics() for gate in self._gates.values()),
+        )
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        limits = ", ".join(f"{b.name} {b.limit.limit}/{b.limit.ceiling} (lowest {b.limit.lowest})" for b in s.buckets)
+        return (
+            f"<S3Source {s.requests} requests, {s.retries} retries: {s.throttled} throttled, {s.transient} failed, "
+            f"{s.broken} broke or stalled, {s.expired_token} expired tokens ({s.credential_renewals} renewals); "
+            f"in flight at most: {limits or 'no bucket yet'}>"
+        )
+
+
+def _failed_try(exc: ClientError | BotoCoreError, url: str, offset: int) -> PrefetchdError | TryFailed:
+    """A failed ranged GET: a `TryFailed` if another try may fare better, else our final error."""
+    failure = classify(exc)
+    if failure is None:
+        return translate(exc, url, offset)
+    return TryFailed(failure, describe(exc))
+
+
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
+
 
 def _total_size(response: dict[str, Any]) -> int | None:
     """The object's size from a ranged GET: after the slash of `Content-Range: bytes a-b/size`."""
@@ -374,11 +495,3 @@ def _total_size(response: dict[str, Any]) -> int | None:
     if response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 200:  # the whole object came back
         return int(response.get("ContentLength", 0))
     return None
-
-
-class PartialRead(Exception):
-    """A body ended or broke after `received` bytes; the caller resumes from there."""
-
-    def __init__(self, received: int) -> None:
-        super().__init__(f"body ended after {received} bytes")
-        self.received = received

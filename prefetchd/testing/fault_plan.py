@@ -18,22 +18,26 @@ _SIGV2_QUERY = {"AWSAccessKeyId", "Signature", "Expires"}
 
 
 class Fault(enum.StrEnum):
-    """What a faulty S3 does to one GET. The first two come before the body, the last two in it."""
+    """What a faulty S3 does to one GET. The first two come before the body, the others in it.
+
+    New kinds go last: a seed's draws for the earlier kinds stay what they were.
+    """
 
     SLOWDOWN = "slowdown"  # HTTP 503 with S3's <Code>SlowDown</Code> error document
     INTERNAL_ERROR = "internal_error"  # HTTP 500 with <Code>InternalError</Code>
     RESET = "reset"  # part of the body, then a TCP RST
     TRUNCATE = "truncate"  # Content-Length announced, fewer bytes sent, then a clean close
+    STALL = "stall"  # part of the body, then nothing more on an open connection, until the client leaves
 
 
-BODY_FAULTS = (Fault.RESET, Fault.TRUNCATE)
+BODY_FAULTS = (Fault.RESET, Fault.TRUNCATE, Fault.STALL)
 
 
 @dataclass(frozen=True, slots=True)
 class FaultRates:
     """The share of object GETs that meet each fault, and the first-byte delay some of them wait.
 
-    The four faults exclude one another (a GET meets at most one), so their rates sum to at most 1. The
+    The faults exclude one another (a GET meets at most one), so their rates sum to at most 1. The
     delay is drawn apart from them: `latency` of the GETs wait `latency_ms` + U(0, `jitter_ms`) before
     their first byte, whatever else happens to them.
     """
@@ -42,17 +46,18 @@ class FaultRates:
     internal_error: float = 0.0
     reset: float = 0.0
     truncate: float = 0.0
+    stall: float = 0.0
     latency: float = 0.0
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("slowdown", "internal_error", "reset", "truncate", "latency"):
+        for name in (*(fault.value for fault in Fault), "latency"):
             rate = getattr(self, name)
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"the {name} rate must be within [0, 1], not {rate}")
         if sum(self.of(fault) for fault in Fault) > 1.0:
-            raise ValueError("the four fault rates exclude one another: they must sum to at most 1")
+            raise ValueError("the fault rates exclude one another: they must sum to at most 1")
         if self.latency_ms < 0 or self.jitter_ms < 0:
             raise ValueError("latency_ms and jitter_ms must not be negative")
 
@@ -70,7 +75,7 @@ class Decision:
     cut_share: float  # where a reset or truncation cuts the body: a share of it, in [0, 1)
 
     def cut_bytes(self, body_bytes: int) -> int:
-        """How many body bytes go out before the cut: at least one, and at least one short of the whole.
+        """How many body bytes go out before the cut (or stall): at least one, and at least one short of the whole.
 
         Needs `body_bytes` >= 2; a shorter body cannot be cut inside.
         """
@@ -133,7 +138,8 @@ def is_object_get(method: str, path: str, query: Mapping[str, str]) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class FaultCounts:
-    """What a proxy did so far: object GETs seen, first bytes delayed, each fault injected, clients gone."""
+    """What a proxy did so far: object GETs seen, first bytes delayed, each fault injected, clients gone, and
+    requests refused as signed with a session token the test declared expired."""
 
     object_gets: int = 0
     delayed: int = 0
@@ -141,6 +147,8 @@ class FaultCounts:
     internal_error: int = 0
     reset: int = 0
     truncate: int = 0
+    stall: int = 0
+    expired_token: int = 0
     hung_up: int = 0  # answers the client left before their end: read-aheads cancelled when a stream closes
 
     def of(self, fault: Fault) -> int:

@@ -1,12 +1,14 @@
 """A faulty S3 in front of a good one: an aiohttp proxy that breaks object GETs as `fault_plan` decides.
 
 Object GETs (ranged or not, plain or presigned) may be answered 503 SlowDown or 500 InternalError without
-asking upstream, or have their body cut (a TCP reset, or a clean close short of the Content-Length), and
-may wait before their first byte. Everything else (HEAD, PUT, listings) passes through untouched, as do
-upstream's own errors. Bodies are streamed through, not held.
+asking upstream, or have their body cut (a TCP reset, or a clean close short of the Content-Length) or
+stalled (part of it, then nothing on an open connection), and may wait before their first byte. Everything
+else (HEAD, PUT, listings) passes through untouched, as do upstream's own errors. Bodies are streamed
+through, not held. Any request signed with a session token the test declared expired (`expire_token`) is
+answered 400 ExpiredToken, as S3 answers it.
 
 `GET /__faults__` answers what was injected so far, as JSON (`FaultProxy.counts()` reads it), so a test
-can prove its faults happened. Run it as
+can prove its faults happened; `POST /__faults__` changes the rates (`set_rates`) or expires a token. Run it as
 `python -m prefetchd.testing.fault_proxy --upstream URL --seed N --slowdown 0.05 ...`; it prints its address.
 """
 
@@ -35,17 +37,24 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"
 _PIECE_BYTES = 64 * 1024
 _FLUSH_TIMEOUT_S = 5.0
 _RECENT_FAULTS = 1000  # the injected faults /__faults__ lists, newest last: enough to see what a failing run met
+_STALL_POLL_S = 0.05
+_STALL_MAX_S = 120.0  # a stalled answer ends by itself after this, if the client never gives up
+_TOKEN = "x-amz-security-token"  # a header, or a presigned URL's query parameter (SigV2 spells it so)
 
 # S3's own words for these errors (docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html)
 _ERRORS = {
     Fault.SLOWDOWN: (503, "SlowDown", "Please reduce your request rate."),
     Fault.INTERNAL_ERROR: (500, "InternalError", "We encountered an internal error. Please try again."),
 }
+_EXPIRED_TOKEN = (400, "ExpiredToken", "The provided token has expired.")
 
 
 def s3_error(fault: Fault, resource: str) -> web.Response:
     """The answer S3 gives for `fault` (SlowDown or InternalError): its status and XML error document."""
-    status, code, message = _ERRORS[fault]
+    return _error_document(*_ERRORS[fault], resource)
+
+
+def _error_document(status: int, code: str, message: str, resource: str) -> web.Response:
     request_id = uuid.uuid4().hex[:16].upper()
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -66,11 +75,18 @@ class FaultInjector:
         self.plan = plan
         self.counts: Counter[str] = Counter()
         self.recent: deque[str] = deque(maxlen=_RECENT_FAULTS)
+        self.expired_tokens: set[str] = set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.path == COUNTS_PATH:
+            if request.method == "POST":
+                await self._change(await request.json())
             counts = FaultCounts.from_mapping(self.counts)
             return web.json_response({"counts": asdict(counts), "recent": list(self.recent)})
+        if _session_token(request) in self.expired_tokens:
+            self.counts["expired_token"] += 1
+            self.recent.append(f"expired_token: {request.method} {request.path}")
+            return _error_document(*_EXPIRED_TOKEN, request.path)
         if not is_object_get(request.method, request.path, request.query):
             return await self._forward(request)
         key = request_key(request.method, request.path, request.headers.get("Range"))
@@ -84,6 +100,12 @@ class FaultInjector:
             self._record(decision.fault, f"{key} #{occurrence}")
             return s3_error(decision.fault, request.path)
         return await self._forward(request, decision, f"{key} #{occurrence}")
+
+    async def _change(self, change: dict[str, Any]) -> None:
+        """New rates (the plan keeps counting arrivals, so a replay is the same), or a token to refuse."""
+        if "rates" in change:
+            self.plan.rates = FaultRates(**change["rates"])
+        self.expired_tokens.update(change.get("expire_tokens", []))
 
     def _record(self, fault: Fault, what: str) -> None:
         self.counts[fault.value] += 1
@@ -130,6 +152,12 @@ def _body_cut(decision: Decision | None, answer: aiohttp.ClientResponse) -> tupl
     return decision.fault, decision.cut_bytes(announced)
 
 
+def _session_token(request: web.Request) -> str | None:
+    """The session token a request is signed with: its header, or its presigned URL's query parameter."""
+    token = request.headers.get(_TOKEN)  # headers are matched whatever their case; query names are not
+    return token or next((value for name, value in request.query.items() if name.lower() == _TOKEN), None)
+
+
 async def _relay(answer: aiohttp.ClientResponse, response: web.StreamResponse, *, limit: int | None) -> None:
     """Upstream's body into `response`, up to `limit` bytes (all of it when None)."""
     sent = 0
@@ -143,7 +171,8 @@ async def _relay(answer: aiohttp.ClientResponse, response: web.StreamResponse, *
 
 
 async def _break(request: web.Request, fault: Fault) -> None:
-    """End the connection mid-body: with a TCP RST (`RESET`), or a clean close (`TRUNCATE`).
+    """End the connection mid-body: with a TCP RST (`RESET`), a clean close (`TRUNCATE`), or once the client
+    gives up on a body that stopped coming (`STALL`).
 
     The body bytes already written go out first in both cases: `abort()` would drop what is still in
     the transport's buffer, and an RST makes the kernel drop what it has not sent yet.
@@ -154,6 +183,9 @@ async def _break(request: web.Request, fault: Fault) -> None:
     if fault is Fault.TRUNCATE:
         transport.close()  # FIN once the buffer is flushed
         return
+    if fault is Fault.STALL:
+        await _stall(request)
+        return
     # pause the protocol while any byte waits in the buffer, so that drain() returns once it is empty
     transport.set_write_buffer_limits(high=0)
     with contextlib.suppress(TimeoutError):
@@ -162,6 +194,17 @@ async def _break(request: web.Request, fault: Fault) -> None:
     if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close() sends RST
     transport.abort()
+
+
+async def _stall(request: web.Request) -> None:
+    """Send nothing more, with the connection open, until the client closes it (or `_STALL_MAX_S` passes)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _STALL_MAX_S
+    while (transport := request.transport) is not None and not transport.is_closing():
+        if loop.time() > deadline:
+            transport.abort()
+            return
+        await asyncio.sleep(_STALL_POLL_S)
 
 
 async def _serve(upstream: str, host: str, port: int, plan: FaultPlan) -> None:
@@ -174,6 +217,7 @@ _OPTION_HELP = {  # FaultRates' fields, as command-line options
     "internal_error": "share of object GETs answered 500 InternalError",
     "reset": "share of object GETs whose body a TCP reset cuts",
     "truncate": "share of object GETs whose body ends short of its Content-Length",
+    "stall": "share of object GETs whose body stops partway, the connection left open",
     "latency": "share of object GETs whose first byte waits LATENCY_MS + U(0, JITTER_MS)",
     "latency_ms": "the wait, in ms",
     "jitter_ms": "the most the wait varies by, in ms",
@@ -221,6 +265,26 @@ class FaultProxy(ChildServer):
         with direct.open(self.endpoint_url + COUNTS_PATH, timeout=10) as answer:
             report: dict[str, Any] = json.load(answer)
         return report
+
+    def _post(self, change: dict[str, Any]) -> None:
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        request = urllib.request.Request(
+            self.endpoint_url + COUNTS_PATH,
+            data=json.dumps(change).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with direct.open(request, timeout=10) as answer:
+            answer.read()
+
+    def set_rates(self, rates: FaultRates) -> None:
+        """Inject faults at these rates from now on (same seed; arrivals are still counted)."""
+        self._post({"rates": asdict(rates)})
+        self.rates = rates
+
+    def expire_token(self, token: str) -> None:
+        """Answer every request signed with session token `token` 400 ExpiredToken from now on."""
+        self._post({"expire_tokens": [token]})
 
     def counts(self) -> FaultCounts:
         """What the proxy has injected since it started."""

@@ -1,4 +1,4 @@
-"""Range sizes and retry backoff (prefetchd/fetch/policy.py): pure figures, randomness passed in."""
+"""Range sizes, retry backoff and the retry budget (prefetchd/fetch/policy.py): pure figures, randomness passed in."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefetchd.fetch.policy import RetryPolicy, choose_chunk_bytes
+from prefetchd.fetch.policy import Retries, RetryBudget, RetryPolicy, choose_chunk_bytes
 
 MiB = 1 << 20
 MNIST_RECORD = 784  # one 28×28 uint8 image
@@ -149,3 +149,64 @@ def test_max_attempts_counts_the_first_try() -> None:
 
 def test_a_single_attempt_is_never_retried() -> None:
     assert not RetryPolicy(max_attempts=1).should_retry(1)
+
+
+def _retries(policy: RetryPolicy, seed: int = 7, budget: RetryBudget | None = None) -> Retries:
+    return Retries(policy, budget or RetryBudget(policy), random.Random(seed))
+
+
+def test_the_delays_before_each_retry_are_the_policy_s_draws_in_order() -> None:
+    policy = RetryPolicy(max_attempts=5, base_s=0.5, cap_s=3.0)
+    retries = _retries(policy, seed=42)
+
+    delays = [retries.next_delay(progressed=False) for _ in range(5)]
+
+    rng = random.Random(42)
+    assert delays == [rng.uniform(0, 0.5), rng.uniform(0, 1.0), rng.uniform(0, 2.0), rng.uniform(0, 3.0), None]
+    assert retries.stop_reason == "5 tries in a row brought no new byte (max_attempts 5)"
+
+
+def test_a_try_that_brought_bytes_starts_the_attempts_afresh() -> None:
+    retries = _retries(RetryPolicy(max_attempts=3, base_s=1.0, cap_s=100.0), seed=3)
+
+    delays = [retries.next_delay(progressed=p) for p in (False, False, True, False, False)]
+
+    rng = random.Random(3)
+    assert delays == [rng.uniform(0, 1), rng.uniform(0, 2), rng.uniform(0, 1), rng.uniform(0, 2), None]
+
+
+def test_max_tries_ends_a_read_that_keeps_making_progress() -> None:
+    retries = _retries(RetryPolicy(max_attempts=2, max_tries=4))
+
+    delays = [retries.next_delay(progressed=True) for _ in range(4)]
+
+    assert [delay is not None for delay in delays] == [True, True, True, False]
+    assert retries.stop_reason == "4 tries in all (max_tries 4)"
+
+
+def test_the_budget_is_shared_and_ends_retries_once_spent() -> None:
+    policy = RetryPolicy(max_attempts=10, budget_retries=3, retries_per_success=0.5)
+    budget = RetryBudget(policy)
+    first, second = _retries(policy, budget=budget), _retries(policy, budget=budget)
+
+    assert first.next_delay(progressed=False) is not None
+    assert second.next_delay(progressed=False) is not None
+    assert first.next_delay(progressed=False) is not None
+    assert second.next_delay(progressed=False) is None
+    assert "retry budget is spent" in second.stop_reason
+    assert budget.left == 0.0
+
+
+def test_successes_earn_the_budget_back_up_to_its_size() -> None:
+    policy = RetryPolicy(budget_retries=2, retries_per_success=0.25)
+    budget = RetryBudget(policy)
+    assert budget.spend() and budget.spend() and not budget.spend()
+
+    for _ in range(3):
+        budget.earn()
+    assert budget.left == 0.75 and not budget.spend()
+    budget.earn()
+    assert budget.spend()
+    for _ in range(100):
+        budget.earn()
+    assert budget.left == 2.0

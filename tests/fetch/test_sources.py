@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from prefetchd.config import S3Settings
+from prefetchd.config import Config, S3Settings
 from prefetchd.fetch.local import LocalSource
+from prefetchd.fetch.router import SourceRouter
 from prefetchd.fetch.s3 import S3Source
 from prefetchd.fetch.source import ObjectInfo
 from prefetchd.testing.embedded_s3 import CREDENTIALS, EmbeddedS3
@@ -134,5 +135,16 @@ def test_local_open_is_stat_and_the_first_bytes(tmp_path: Path) -> None:
         assert info == await source.stat(str(path)) and head == PAYLOAD[:100]
         _, whole = await source.open(str(path), 10 * len(PAYLOAD))
         assert whole == PAYLOAD
+
+    asyncio.run(scenario())
+
+
+def test_the_router_gives_s3_the_configured_stall_timeout(s3_server: EmbeddedS3, tmp_path: Path) -> None:
+    config = Config(socket_path=tmp_path / "sock", s3=_settings(s3_server), stall_timeout_s=0.25, cache_bytes=0)
+
+    async def scenario() -> None:
+        async with SourceRouter(config) as router:
+            assert router.s3 is not None and router.s3.lean is not None
+            assert router.s3.stall_timeout_s == router.s3.lean.idle_timeout_s == 0.25
 
     asyncio.run(scenario())

@@ -123,7 +123,7 @@ def stored_object(s3_server: EmbeddedS3, fashion_urls: dict[str, str]) -> str:
     return KEY
 
 
-def _botocore_client(endpoint_url: str, **config: Any) -> Any:
+def _botocore_client(endpoint_url: str, token: str | None = None, **config: Any) -> Any:
     import botocore.config
     import botocore.session
 
@@ -133,6 +133,7 @@ def _botocore_client(endpoint_url: str, **config: Any) -> Any:
         region_name="us-east-1",
         aws_access_key_id="k",
         aws_secret_access_key="s",
+        aws_session_token=token,
         config=botocore.config.Config(**config),
     )
 
@@ -144,16 +145,16 @@ def proxy(request: pytest.FixtureRequest, s3_server: EmbeddedS3, stored_object: 
 
 
 def _presigned_get(
-    proxy: FaultProxy, headers: dict[str, str]
+    proxy: FaultProxy, headers: dict[str, str], *, token: str | None = None, timeout_s: float = 10.0
 ) -> tuple[http.client.HTTPResponse, bytes, OSError | None]:
     """GET the object through `proxy` (a presigned URL, as the daemon's bulk reads are) and read until the
     connection ends: the response, the body bytes that came, and the error that ended it (None: a clean close)."""
-    url = _botocore_client(proxy.endpoint_url).generate_presigned_url(
+    url = _botocore_client(proxy.endpoint_url, token).generate_presigned_url(
         "get_object", Params={"Bucket": BUCKET, "Key": KEY}
     )
     parts = urllib.parse.urlsplit(url)
     assert parts.hostname is not None and parts.port is not None
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
     connection.request("GET", f"{parts.path}?{parts.query}", headers=headers)
     response = connection.getresponse()
     received = b""
@@ -231,3 +232,49 @@ def test_first_bytes_wait_the_latency_and_its_jitter(proxy: FaultProxy) -> None:
         assert body == BODY[first : first + 1000]
     assert all(0.2 <= wait < 0.3 + 0.25 for wait in waits), waits
     assert proxy.counts() == FaultCounts(object_gets=3, delayed=3)
+
+
+@pytest.mark.parametrize("proxy", [FaultRates(stall=1.0)], indirect=True, ids=["stall"])
+def test_a_stall_sends_part_of_the_body_then_nothing_on_an_open_connection(proxy: FaultProxy) -> None:
+    response, received, error = _presigned_get(proxy, {"Range": "bytes=100-"}, timeout_s=0.5)
+    assert response.status == 206 and int(response.headers["Content-Length"]) == len(BODY) - 100
+    assert 0 < len(received) < len(BODY) - 100
+    assert received == BODY[100 : 100 + len(received)]
+    assert isinstance(error, TimeoutError), "the connection stays open and silent: only the reader's timeout ends it"
+    assert proxy.counts() == FaultCounts(object_gets=1, stall=1)
+
+
+@pytest.mark.parametrize("proxy", [FaultRates()], indirect=True, ids=["no-faults"])
+def test_requests_signed_with_an_expired_token_are_refused_as_s3_refuses_them(proxy: FaultProxy) -> None:
+    import botocore.exceptions
+
+    expired = _botocore_client(proxy.endpoint_url, "old-token", retries={"total_max_attempts": 1})
+    fresh = _botocore_client(proxy.endpoint_url, "new-token")
+    assert expired.get_object(Bucket=BUCKET, Key=KEY, Range="bytes=0-9")["Body"].read() == BODY[:10]
+
+    proxy.expire_token("old-token")
+
+    with pytest.raises(botocore.exceptions.ClientError) as caught:
+        expired.get_object(Bucket=BUCKET, Key=KEY, Range="bytes=0-9")
+    assert caught.value.response["Error"]["Code"] == "ExpiredToken"
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    with pytest.raises(botocore.exceptions.ClientError, match=r"\(400\)"):  # a HEAD's error has no body to name it
+        expired.head_object(Bucket=BUCKET, Key=KEY)
+    response, body, _ = _presigned_get(proxy, {}, token="old-token")  # the token in the presigned URL's query
+    assert response.status == 400 and b"<Code>ExpiredToken</Code>" in body
+    assert fresh.get_object(Bucket=BUCKET, Key=KEY, Range="bytes=0-9")["Body"].read() == BODY[:10]
+    assert proxy.counts().expired_token >= 3  # botocore may ask a HEAD's 400 again, as a region mismatch
+
+
+@pytest.mark.parametrize("proxy", [FaultRates()], indirect=True, ids=["no-faults"])
+def test_the_rates_change_while_the_proxy_runs(proxy: FaultProxy) -> None:
+    import botocore.exceptions
+
+    client = _botocore_client(proxy.endpoint_url, retries={"total_max_attempts": 1})
+    assert client.get_object(Bucket=BUCKET, Key=KEY, Range="bytes=0-9")["Body"].read() == BODY[:10]
+    proxy.set_rates(FaultRates(slowdown=1.0))
+    with pytest.raises(botocore.exceptions.ClientError, match="SlowDown"):
+        client.get_object(Bucket=BUCKET, Key=KEY, Range="bytes=0-9")
+    proxy.set_rates(FaultRates())
+    assert client.get_object(Bucket=BUCKET, Key=KEY, Range="bytes=0-9")["Body"].read() == BODY[:10]
+    assert proxy.counts() == FaultCounts(object_gets=3, slowdown=1)

@@ -1,0 +1,115 @@
+"""The bucket's admission gate (prefetchd/fetch/admission.py): the AIMD limit applied to requests in flight."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prefetchd.fetch.admission import AdmissionGate, Ending
+from prefetchd.fetch.aimd import AimdLimit
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_requests_past_the_limit_wait_and_enter_in_arrival_order() -> None:
+    async def scenario() -> None:
+        gate = AdmissionGate("bucket", AimdLimit(2))
+        entered: list[int] = []
+        leave = {n: asyncio.Event() for n in range(5)}
+
+        async def request(n: int) -> None:
+            async with gate.admitted():
+                entered.append(n)
+                await leave[n].wait()
+
+        async with asyncio.TaskGroup() as group:
+            for n in range(5):
+                group.create_task(request(n))
+            await _settle()
+            assert entered == [0, 1]
+            assert (gate.statistics().in_flight, gate.statistics().waiting) == (2, 3)
+            for n in range(5):
+                leave[n].set()
+                await _settle()
+        assert entered == [0, 1, 2, 3, 4]
+        assert gate.statistics().in_flight == 0 and gate.statistics().admitted == 5
+
+    asyncio.run(scenario())
+
+
+def test_a_throttle_cuts_the_limit_to_half_of_what_was_in_flight_and_successes_raise_it() -> None:
+    async def scenario() -> None:
+        gate = AdmissionGate("bucket", AimdLimit(8))
+        release = asyncio.Event()
+        endings = [Ending.THROTTLED] + [Ending.SUCCEEDED] * 5
+
+        async def request(ending: Ending) -> None:
+            async with gate.admitted() as ticket:
+                await release.wait()
+                ticket.ending = ending
+
+        async with asyncio.TaskGroup() as group:
+            for ending in endings:
+                group.create_task(request(ending))
+            await _settle()
+            release.set()
+        limit = gate.statistics().limit
+        # 6 in flight when the first ended throttled: cut to 3; then 5 successes: 3 make it 4, 2 more count
+        assert (limit.lowest, limit.limit, limit.decreases) == (3, 4, 1)
+
+    asyncio.run(scenario())
+
+
+def test_a_lower_limit_holds_new_requests_back_until_enough_leave() -> None:
+    async def scenario() -> None:
+        limit = AimdLimit(4)
+        gate = AdmissionGate("bucket", limit)
+        limit.on_throttle(limit.generation, in_flight=4)  # 2
+        leave = asyncio.Event()
+        entered: list[int] = []
+
+        async def request(n: int) -> None:
+            async with gate.admitted():
+                entered.append(n)
+                await leave.wait()
+
+        async with asyncio.TaskGroup() as group:
+            for n in range(4):
+                group.create_task(request(n))
+            await _settle()
+            assert entered == [0, 1]
+            leave.set()
+        assert entered == [0, 1, 2, 3]
+
+    asyncio.run(scenario())
+
+
+def test_a_waiter_cancelled_in_line_takes_no_place() -> None:
+    async def scenario() -> None:
+        gate = AdmissionGate("bucket", AimdLimit(1))
+        leave = asyncio.Event()
+
+        async def holder() -> None:
+            async with gate.admitted():
+                await leave.wait()
+
+        async def waiter() -> None:
+            async with gate.admitted():
+                raise AssertionError("a cancelled waiter must not enter")
+
+        held = asyncio.create_task(holder())
+        await _settle()
+        waiting = asyncio.create_task(waiter())
+        await _settle()
+        assert gate.statistics().waiting == 1
+        waiting.cancel()
+        await _settle()
+        leave.set()
+        await held
+        assert (gate.statistics().in_flight, gate.statistics().waiting) == (0, 0)
+        async with gate.admitted():  # the place is free for the next
+            assert gate.statistics().in_flight == 1
+
+    asyncio.run(scenario())

@@ -19,6 +19,7 @@ PURE = [
     *sorted((DAEMON / "plan").glob("*.py")),
     DAEMON / "fetch" / "policy.py",
     DAEMON / "fetch" / "aimd.py",
+    DAEMON / "fetch" / "window.py",
     DAEMON / "decode" / "mnist.py",
     DAEMON / "testing" / "fault_plan.py",
     CLIENT / "protocol.py",

@@ -46,10 +46,11 @@ pytest: $(STAMP)
 
 # Everything that does not need MXNet, again on numpy 2 (tests that need MXNet carry the mxnet mark;
 # these modules import it at the top, so they are not even collected there).
-MXNET_MODULES := tests/e2e/test_mnist_iter.py tests/e2e/test_training.py
+MXNET_MODULES := tests/e2e/test_mnist_iter.py tests/e2e/test_training.py tests/deploy/test_compose_services.py
 # The HTTP layer and the test servers touch no numpy: once, in the first environment, is enough.
 NO_NUMPY_MODULES := tests/testing tests/fetch/test_http11.py tests/fetch/test_range_get.py tests/fetch/test_lean_s3.py \
-	tests/fetch/test_s3_retries.py tests/fetch/test_s3_faults.py tests/fetch/test_aimd.py tests/fetch/test_admission.py
+	tests/fetch/test_s3_retries.py tests/fetch/test_s3_faults.py tests/fetch/test_aimd.py tests/fetch/test_admission.py \
+	tests/deploy/test_compose.py tests/deploy/test_dockerfile.py
 pytest-numpy2: $(STAMP2)
 	$(VENV2)/bin/python -m pytest -m "not mxnet" $(MXNET_MODULES:%=--ignore=%) $(NO_NUMPY_MODULES:%=--ignore=%) \
 		$(PYTEST_ARGS)
@@ -58,9 +59,14 @@ bench: $(STAMP)
 	$(PY) -m prefetchd bench $(BENCH_ARGS)
 
 # Re-pin every dependency (needs the registry); commit requirements/lock.txt afterwards.
+# The images' locks (docker/Dockerfile) take their pins from the first two: they never disagree with the suite's.
 lock: $(STAMP)
 	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 --no-header requirements/dev.in -o requirements/lock.txt
 	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 --no-header requirements/numpy2.in -o requirements/lock-numpy2.txt
+	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 --no-header requirements/daemon.in \
+		-c requirements/lock-numpy2.txt -o requirements/lock-daemon.txt
+	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 --no-header requirements/trainer.in \
+		-c requirements/lock.txt -o requirements/lock-trainer.txt
 
 clean:
 	rm -rf $(VENV) $(VENV2) .pytest_cache .mypy_cache .ruff_cache

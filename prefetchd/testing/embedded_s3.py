@@ -8,7 +8,6 @@ and kept for failure reports.
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import re
 import select
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .processes import stop_child
+from .seed_bucket import upload_files
 
 if TYPE_CHECKING:
     from .self_signed import Certificates
@@ -132,13 +132,4 @@ class EmbeddedS3:
 
     def upload_files(self, bucket: str, prefix: str, paths: list[Path]) -> list[str]:
         """Create `bucket` if needed and upload `paths` under `prefix`; returns their s3:// URLs."""
-        client = self.client()
-        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
-            client.create_bucket(Bucket=bucket)
-        urls = []
-        for path in paths:
-            key = f"{prefix.strip('/')}/{path.name}" if prefix.strip("/") else path.name
-            with open(path, "rb") as body:
-                client.put_object(Bucket=bucket, Key=key, Body=body)
-            urls.append(f"s3://{bucket}/{key}")
-        return urls
+        return upload_files(self.client(), bucket, prefix, paths)

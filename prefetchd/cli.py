@@ -122,7 +122,9 @@ def serve(config_file: Path | None, ready_fd: int | None, detach: bool, **flags:
         raise click.UsageError(str(exc)) from exc
     if detach:
         _detach()
-    logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    from .redaction import Redactor, configure_logging
+
+    configure_logging(config.log_level, Redactor.for_settings(config.s3))
     sys.exit(_run_daemon(config, ready_fd))
 
 

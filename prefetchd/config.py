@@ -69,6 +69,10 @@ class Config:
     exit_when_idle_s: float | None = None
     log_level: str = "INFO"
     allowed_uids: tuple[int, ...] = ()  # besides the daemon's own uid
+    # the only objects served when set: `s3://bucket/prefix/` or `/local/dir/` (file only, a list)
+    allowed_prefixes: tuple[str, ...] = ()
+    max_streams_per_client: int = 16  # open streams (connections) per client process
+    max_ring_bytes_per_client: int = 4096 * MiB  # shared memory of one client process's rings together
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
@@ -115,6 +119,8 @@ _TUNABLES: dict[str, Any] = {
     "decode_processes": int,
     "exit_when_idle_s": float,
     "log_level": str,
+    "max_streams_per_client": int,
+    "max_ring_bytes_per_client": parse_bytes,
 }
 _S3_KEYS = ("endpoint_url", "region", "addressing_style", "verify_ssl", "profile")
 
@@ -145,6 +151,17 @@ def _uids(value: object) -> tuple[int, ...]:
     if not isinstance(value, list | tuple):
         raise TypeError("write a list of user ids, e.g. [1001, 1002]")
     return tuple(int(uid) for uid in value)
+
+
+def _prefixes(value: object) -> tuple[str, ...]:
+    """`["s3://bucket/prefix/", "/data/"]`: an s3:// URL with a bucket, or an absolute local path."""
+    if not isinstance(value, list | tuple) or not all(isinstance(p, str) for p in value):
+        raise TypeError('write a list, e.g. ["s3://bucket/prefix/", "/data/"]')
+    for prefix in value:
+        if not (prefix.startswith("/") or re.match(r"^s3://[^/]+", prefix)):
+            raise ValueError(f"{prefix!r} is neither s3://bucket[/prefix] nor an absolute path")
+    # a bare bucket means all of it, not every bucket whose name starts with it
+    return tuple(p + "/" if re.fullmatch(r"s3://[^/]+", p) else p for p in value)
 
 
 def _converted(name: str, convert: Callable[[Any], Any], value: Any) -> Any:
@@ -218,7 +235,8 @@ def load_config(flags: Mapping[str, Any], env: Mapping[str, str] | None = None, 
     s3 = replace(s3, env_names_used=from_env_s3 + s3.env_names_used)
     socket = _converted("socket_path", Path, merged.get("socket_path") or default_socket_path(env, os.getuid()))
     uids = _converted("allowed_uids", _uids, merged.get("allowed_uids") or ())
-    config = Config(socket_path=socket, s3=s3, allowed_uids=uids, **values)
+    prefixes = _converted("allowed_prefixes", _prefixes, merged.get("allowed_prefixes") or ())
+    config = Config(socket_path=socket, s3=s3, allowed_uids=uids, allowed_prefixes=prefixes, **values)
     validate(config)
     return config
 
@@ -260,6 +278,8 @@ def validate(config: Config) -> None:
         (config.decode_threads >= 1, "decode_threads must be at least 1"),
         (config.decode_processes >= 1, "decode_processes must be at least 1"),
         (config.exit_when_idle_s is None or config.exit_when_idle_s >= 0, "exit_when_idle_s must not be negative"),
+        (config.max_streams_per_client >= 1, "max_streams_per_client must be at least 1"),
+        (config.max_ring_bytes_per_client >= 1 * MiB, "max_ring_bytes_per_client must be at least 1MiB"),
         (config.log_level.upper() in LOG_LEVELS, f"log_level is one of {', '.join(LOG_LEVELS)}"),
         (config.fetch_path in FETCH_PATHS, f"fetch_path is one of {', '.join(FETCH_PATHS)}"),
         (config.stall_timeout_s > 0, "stall_timeout_s must be more than 0"),

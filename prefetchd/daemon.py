@@ -2,8 +2,9 @@
 
 start-up:  lock + socket, sources (S3 client), decode threads  →  ready (wait_ready(), --ready-fd)
 serving:   the control server's accept loop and its connections
-shutdown:  shutdown() (SIGTERM/SIGINT, or idle for exit_when_idle_s) stops accepting and closes streams;
-           the socket is removed and every ring is freed with its stream
+shutdown:  shutdown() (SIGTERM/SIGINT, or idle for exit_when_idle_s) stops accepting, tells every client
+           the daemon is shutting down and closes its stream (every ring is freed with it); then the
+           decode workers exit and the socket, the lock file and a directory it made are removed
 """
 
 from __future__ import annotations
@@ -44,12 +45,13 @@ class Daemon:
 
     async def serve(self) -> None:
         async with AsyncExitStack() as stack:
-            listener = stack.enter_context(Listener(self.config.socket_path))
+            listener = stack.enter_context(Listener(self.config.socket_path, shared=bool(self.config.allowed_uids)))
             router = await stack.enter_async_context(SourceRouter(self.config))
             executor = stack.enter_context(
                 ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="prefetchd-decode")
             )
-            pool = DecodePool(self.config.decode_processes)  # processes start with the first image stream
+            # processes start with the first image stream; the threads redo a batch no worker is left for
+            pool = DecodePool(self.config.decode_processes, fallback=executor)
             stack.push_async_callback(pool.close)
             self.server = ControlServer(self.config, router, executor, pool)
             self.server.on_idle = self._arm_idle_timer
@@ -63,6 +65,7 @@ class Daemon:
                 self._on_ready()
                 await self._stop.wait()
                 log.info("prefetchd shutting down")
+                self.server.draining = True
                 serving.cancel()
             self._disarm_idle_timer()
 

@@ -81,6 +81,26 @@ def test_allowed_uids_come_from_the_file(tmp_path: Path) -> None:
     assert config(file=toml_file(tmp_path, "allowed_uids = [1001, 1002]\n")).allowed_uids == (1001, 1002)
 
 
+def test_allowed_prefixes_come_from_the_file_and_a_bare_bucket_means_all_of_it(tmp_path: Path) -> None:
+    file = toml_file(tmp_path, 'allowed_prefixes = ["s3://data/train/", "s3://shared", "/srv/datasets/"]\n')
+    assert config(file=file).allowed_prefixes == ("s3://data/train/", "s3://shared/", "/srv/datasets/")
+    assert config().allowed_prefixes == ()
+
+
+def test_per_client_caps_default_to_16_streams_and_4_GiB_and_can_be_set(tmp_path: Path) -> None:
+    assert (config().max_streams_per_client, config().max_ring_bytes_per_client) == (16, 4096 * MiB)
+    file = toml_file(tmp_path, 'max_streams_per_client = 4\nmax_ring_bytes_per_client = "1GiB"\n')
+    assert (config(file=file).max_streams_per_client, config(file=file).max_ring_bytes_per_client) == (4, 1024 * MiB)
+    assert config({"PREFETCHD_MAX_STREAMS_PER_CLIENT": "2"}).max_streams_per_client == 2
+
+
+def test_the_stall_timeout_is_10_s_unless_a_flag_env_or_file_says_otherwise(tmp_path: Path) -> None:
+    assert config().stall_timeout_s == 10.0
+    assert config(file=toml_file(tmp_path, "stall_timeout_s = 2.5\n")).stall_timeout_s == 2.5
+    assert config({"PREFETCHD_STALL_TIMEOUT_S": "0.3"}).stall_timeout_s == 0.3
+    assert config({"PREFETCHD_STALL_TIMEOUT_S": "0.3"}, stall_timeout_s=4.0).stall_timeout_s == 4.0
+
+
 def test_config_is_frozen() -> None:
     loaded = config()
 
@@ -316,6 +336,8 @@ def test_access_key_without_a_secret_or_the_reverse_is_refused(env: dict[str, st
         ("exit_when_idle_s", "-5"),
         ("log_level", "LOUD"),
         ("fetch_path", "curl"),
+        ("stall_timeout_s", "0"),
+        ("stall_timeout_s", "soon"),
         ("addressing_style", "sideways"),
         ("verify_ssl", "maybe"),
     ],
@@ -329,6 +351,11 @@ def test_invalid_setting_is_a_config_error_naming_it(name: str, env_value: str) 
     [
         ("allowed_uids", 'allowed_uids = ["root"]'),
         ("allowed_uids", 'allowed_uids = "1000"'),
+        ("allowed_prefixes", 'allowed_prefixes = "s3://data/"'),
+        ("allowed_prefixes", 'allowed_prefixes = ["data/train/"]'),
+        ("allowed_prefixes", 'allowed_prefixes = ["gs://data/"]'),
+        ("max_streams_per_client", "max_streams_per_client = 0"),
+        ("max_ring_bytes_per_client", 'max_ring_bytes_per_client = "1KiB"'),
         ("socket_path", "socket_path = 5"),
         ("max_concurrency", "max_concurrency = [1]"),
         ("chunk_bytes", "chunk_bytes = 1.5"),
@@ -427,6 +454,7 @@ def test_serve_help_lists_the_options() -> None:
         "--cache-disk-size",
         "--decode-threads",
         "--exit-when-idle",
+        "--stall-timeout",
         "--config",
         "--log-level",
     ):

@@ -46,6 +46,7 @@ class Connection:
         self._reader = FrameReader()
         self._fds: deque[int] = deque()
         self._closed = False
+        self._peer_gone = False  # EOF or reset seen: a DaemonUnavailable from here on is not the daemon's word
 
     @classmethod
     def connect(cls, path: Path, *, timeout_s: float) -> Connection:
@@ -99,8 +100,12 @@ class Connection:
         try:
             while True:
                 self.receive(timeout_s=0.05, waiting_for="the daemon's last frame")
-        except (DaemonUnavailable, BatchTimeout):
+        except BatchTimeout:
             return
+        except DaemonUnavailable:
+            if self._peer_gone:
+                return
+            raise  # the daemon said so in an error frame (it is shutting down): its words, not EPIPE
 
     def receive(self, *, timeout_s: float | None, waiting_for: str = "a message") -> Message:
         """The next message. Fatal `Error` frames are raised as the error class they name; others are returned."""
@@ -108,6 +113,7 @@ class Connection:
         while True:
             message = self._reader.next_message()
             if message is PEER_CLOSED:
+                self._peer_gone = True
                 raise DaemonUnavailable(f"the prefetchd daemon at {self.path} closed the connection")
             if not isinstance(message, Sentinel):
                 if isinstance(message, Error) and message.fatal:
@@ -135,6 +141,7 @@ class Connection:
                 f"while waiting for {waiting_for}"
             ) from None
         except ConnectionResetError as exc:
+            self._peer_gone = True
             raise DaemonUnavailable(f"the prefetchd daemon at {self.path} reset the connection") from exc
         self._fds.extend(fds)
         self._reader.feed(data)

@@ -88,6 +88,12 @@ class InvalidRequest(PrefetchdError):
     code = "invalid_request"
 
 
+class LimitExceeded(InvalidRequest):
+    """The stream would pass one of the daemon's per-client caps (open streams, ring memory); the message names it."""
+
+    code = "limit_exceeded"
+
+
 class ProtocolError(PrefetchdError):
     """A frame broke the control protocol; see the two subclasses for whose fault it was."""
 

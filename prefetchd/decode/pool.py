@@ -2,8 +2,11 @@
 
 Each worker is a spawned process with a duplex pipe. The loop learns of replies through `add_reader` on
 the pipe, so no thread waits on a worker. A ring is mapped into the workers before it is sealed (after the
-seal nobody can map it writable), so each stream keeps the list of workers that hold its mapping; a worker
-that dies fails its jobs with a clear error and is replaced for later streams.
+seal nobody can map it writable), so each stream keeps the list of workers that hold its mapping.
+
+A worker that dies is replaced for later streams, and its jobs are redone: on another worker that holds the
+ring, or, when none is left, in the daemon's own decode threads, which write through the daemon's mapping.
+A process started after the seal cannot map the ring writable, so it cannot take over an open stream.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import mmap
 import multiprocessing
 import os
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -55,10 +60,11 @@ class Worker:
 class DecodePool:
     """`processes` decode workers, started on first use."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, *, fallback: Executor | None = None) -> None:
         if processes < 1:
             raise ValueError("a decode pool needs at least one process")
         self.processes = processes
+        self.fallback = fallback  # threads for jobs whose ring no live worker holds; None: the loop's default
         self._workers: list[Worker] = []
         self._numbers = itertools.count()
         self._requests = itertools.count()
@@ -73,7 +79,7 @@ class DecodePool:
         async with self._starting:
             for member in self._workers:
                 if member.alive and not member.process.is_alive():  # died; its EOF not read yet
-                    self._lost(member)
+                    self.lost(member)
             self._workers = [w for w in self._workers if w.alive]
             missing = self.processes - len(self._workers)
             if missing > 0:
@@ -109,7 +115,7 @@ class DecodePool:
         try:
             reply = member.conn.recv()
         except (EOFError, OSError):
-            self._lost(member)
+            self.lost(member)
             return
         kind, key, payload = reply[0], reply[1], reply[2]
         if kind == "mapped":
@@ -120,7 +126,8 @@ class DecodePool:
         elif kind not in ("done", "mapped", "pong"):
             log.warning("decode worker %d sent an unexpected %r", member.number, kind)
 
-    def _lost(self, member: Worker) -> None:
+    def lost(self, member: Worker) -> None:
+        """Mark `member` dead: its pipe closed, its pending jobs failed with WorkerDied (they are redone)."""
         if not member.alive:
             return
         member.alive = False
@@ -147,7 +154,7 @@ class DecodePool:
             raise WorkerDied("no decode worker could map the stream's ring")
         for member in mapped:
             member.leases += 1
-        return RingLease(self, mapping, mapped)
+        return RingLease(self, mapping, mapped, segment.map)
 
     def new_mapping_id(self) -> int:
         return next(self._mapping_ids)
@@ -189,6 +196,16 @@ class DecodePool:
         self._workers = []
 
 
+async def _finished(future: asyncio.Future[list[Failure]]) -> list[Failure]:
+    """The job's result; if cancelled meanwhile, waits for the job to end first (it is writing a ring slot)."""
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await future
+        raise
+
+
 def _map_key(mapping: int) -> int:
     return -1 - mapping  # "mapped" replies are keyed by mapping id; negative keys never meet request numbers
 
@@ -203,10 +220,11 @@ def _stop(process: BaseProcess) -> None:
 class RingLease:
     """The workers that hold one ring's mapping; jobs for that ring, and its staging memory, go to them only."""
 
-    def __init__(self, pool: DecodePool, segment_id: int, members: list[Worker]) -> None:
+    def __init__(self, pool: DecodePool, segment_id: int, members: list[Worker], ring: mmap.mmap) -> None:
         self.pool = pool
         self.segment_id = segment_id
         self.members = members
+        self._local: dict[int, mmap.mmap] = {segment_id: ring}  # the daemon's own mappings, for jobs redone here
 
     @property
     def live(self) -> list[Worker]:
@@ -215,44 +233,45 @@ class RingLease:
     def new_job_number(self) -> int:
         return next(self.pool._requests)  # unique per worker across every ring it serves
 
-    async def map_staging(self, fd: int, size: int) -> int:
-        """Map a staging memfd read-only in this ring's workers; returns its mapping id for jobs."""
+    async def map_staging(self, fd: int, size: int, local: mmap.mmap) -> int:
+        """Map a staging memfd read-only in this ring's workers (`local` is the daemon's mapping of it);
+        returns its mapping id for jobs."""
         mapping = self.pool.new_mapping_id()
-        mapped = await self.pool.map_in(self.live, mapping, fd, size, writable=False)
-        if not mapped:
-            raise WorkerDied(f"every decode worker serving ring {self.segment_id} has died; reopen the stream")
+        self._local[mapping] = local
+        await self.pool.map_in(self.live, mapping, fd, size, writable=False)
         return mapping
 
     def unmap(self, mapping: int) -> None:
+        self._local.pop(mapping, None)
         for member in self.live:
             with contextlib.suppress(OSError, WorkerDied):
                 member.send(("unmap", mapping))
 
     async def run(self, job: DecodeJob) -> list[Failure]:
-        """Run `job` on the least busy live worker; raises WorkerDied if none is left or it dies meanwhile."""
-        live = self.live
-        if not live:
-            raise WorkerDied(f"every decode worker serving ring {self.segment_id} has died; reopen the stream")
-        future = asyncio.get_running_loop().create_future()
-        for member in sorted(live, key=lambda m: len(m.pending)):  # the least busy first
-            member.pending[job.job] = future
+        """Run `job` on the least busy live worker; if that worker dies, redo it on another, or here."""
+        while live := self.live:
+            member = min(live, key=lambda m: len(m.pending))
             try:
-                member.send(("decode", job))
-                break
-            except WorkerDied:
-                member.pending.pop(job.job, None)
-        else:
-            raise WorkerDied(f"every decode worker serving ring {self.segment_id} has died; reopen the stream")
+                return await self._run_on(member, job)
+            except WorkerDied as exc:
+                self.pool.lost(member)  # a send that failed has not seen the EOF yet: never pick it again
+                log.warning("ring %d: %s; its batch is decoded again", self.segment_id, exc.message)
+        return await self._run_here(job)
+
+    async def _run_on(self, member: Worker, job: DecodeJob) -> list[Failure]:
+        future: asyncio.Future[list[Failure]] = asyncio.get_running_loop().create_future()
+        member.pending[job.job] = future
         try:
-            failures: list[Failure] = await asyncio.shield(future)
-            return failures
-        except asyncio.CancelledError:
-            # the worker is still writing the slot; it must finish before the slot can be reused
-            with contextlib.suppress(Exception):
-                await future
-            raise
+            member.send(("decode", job))
+            return await _finished(future)  # the worker is writing the slot: it must finish before reuse
         finally:
             member.pending.pop(job.job, None)
+
+    async def _run_here(self, job: DecodeJob) -> list[Failure]:
+        """No worker holding this ring is left: decode in the daemon's threads, through its own mappings."""
+        ring, staging = self._local[job.rows.segment], self._local[job.staging]
+        loop = asyncio.get_running_loop()
+        return await _finished(loop.run_in_executor(self.pool.fallback, worker.run_job, job, ring, staging))
 
     def close(self) -> None:
         self.unmap(self.segment_id)

@@ -13,6 +13,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from ..ring.segment import SEGMENT_MODE
 from .pool import RingLease
 
 _MIN_AREA_BYTES = 1 << 20
@@ -23,6 +24,7 @@ class StagingArea:
         self.size = size
         self.fd = os.memfd_create("prefetchd-staging", os.MFD_CLOEXEC)
         try:
+            os.fchmod(self.fd, SEGMENT_MODE)
             os.ftruncate(self.fd, size)
             self.map = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
@@ -68,7 +70,7 @@ class StagingPool:
         largest = max((a.size for a in self._all), default=_MIN_AREA_BYTES // 2)
         area = StagingArea(max(size, 2 * largest, _MIN_AREA_BYTES))
         try:
-            area.mapping = await self._lease.map_staging(area.fd, area.size)
+            area.mapping = await self._lease.map_staging(area.fd, area.size, area.map)
         except BaseException:
             area.close()
             raise

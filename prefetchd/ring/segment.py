@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import logging
 import mmap
 import os
+import time
 
 log = logging.getLogger("prefetchd.ring.segment")
 
+# memfd_create makes the file 0777: a process of another uid that gets hold of the fd's /proc path could
+# reopen it. The descriptor we pass is what grants access; nobody else may open the file by name.
+SEGMENT_MODE = 0o600
 F_SEAL_FUTURE_WRITE = 0x0010  # linux/fcntl.h, Linux 5.1+; Python's fcntl module does not name it
 _SIZE_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
 _SEALS = _SIZE_SEALS | F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_SEAL
@@ -31,6 +36,10 @@ def _seal(fd: int) -> None:
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SIZE_SEALS | fcntl.F_SEAL_SEAL)
 
 
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
 class Segment:
     """A sealed memfd of `size` bytes and the daemon's read-write mapping of it."""
 
@@ -38,6 +47,7 @@ class Segment:
         self.size = size
         self.fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
+            os.fchmod(self.fd, SEGMENT_MODE)
             os.ftruncate(self.fd, size)
             self.map = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
             if seal:
@@ -53,19 +63,33 @@ class Segment:
         _seal(self.fd)
 
     def close(self) -> None:
-        """Drop the daemon's hold; the memory goes when the client lets go too."""
+        """Drop the daemon's hold, descriptor and mapping; the memory goes when the client lets go too."""
         if self._closed:
             return
         self._closed = True
+        os.close(self.fd)
+        if self._unmap():
+            return
+        # A fill cancelled mid-batch leaves its slot's arrays in a reference cycle (the task's CancelledError,
+        # its traceback, the frame holding them: asyncio's TaskGroup makes such cycles), and a mapping that
+        # is still exported keeps mmap's own duplicate of the descriptor. Left to the collector, rings of
+        # closed streams stayed for seconds; the young generations hold the cycle, so try those first.
+        started = time.perf_counter()
+        for generation in (1, 2):
+            gc.collect(generation)
+            if self._unmap():
+                log.debug("ring unmapped after a generation-%d collection (%.1f ms)", generation, _ms_since(started))
+                return
+        log.warning("a ring of %d bytes is still viewed in the daemon; its memory goes with the last view", self.size)
+
+    def _unmap(self) -> bool:
+        """Release our view and the mapping; False while some array or slice still refers to it."""
         try:
             self.buffer.release()
-        except BufferError:
-            pass  # a slice of it is still exported; it goes with its last user
-        try:
             self.map.close()
         except BufferError:
-            pass  # a numpy view still exists (a decode thread finishing); the mapping goes with it
-        os.close(self.fd)
+            return False
+        return True
 
     def __enter__(self) -> Segment:
         return self

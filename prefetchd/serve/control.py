@@ -1,7 +1,9 @@
 """The control server: accept, check the peer, shake hands, open the stream, serve it, clean up.
 
 Whatever one client does (a malformed frame, a missing object, a crash), the error is reported to that
-client and its stream alone is closed; the daemon keeps serving the others.
+client and its stream alone is closed; the daemon keeps serving the others. A client is held to the
+daemon's per-client caps and its allowlist of prefixes before any memory is taken or byte fetched, and
+what it is told passes through the redactor, as the log does. On shutdown every client is told so.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from prefetchd_client import layout
 from prefetchd_client.errors import (
     AccessDenied,
     DaemonError,
+    DaemonUnavailable,
     InvalidRequest,
     PrefetchdError,
     ProtocolError,
@@ -33,8 +36,11 @@ from ..readers.base import Reader
 from ..readers.idx import IdxReader
 from ..readers.raw import RawReader
 from ..readers.recordio import RecordIOReader
+from ..redaction import Redactor
 from ..ring.segment import Segment
 from ..ring.writer import RingWriter
+from .allowlist import check_sources
+from .limits import ClientLimits
 from .peer import PeerConnection, PeerGone
 from .stream import Stream
 
@@ -54,6 +60,9 @@ class ControlServer:
         self.pool = pool
         self.streams: dict[int, Stream] = {}
         self.connections = 0
+        self.limits = ClientLimits(config.max_streams_per_client, config.max_ring_bytes_per_client)
+        self.redact = Redactor.for_settings(config.s3)
+        self.draining = False  # set by the daemon before it cancels serve(): connections say goodbye
         self._ids = itertools.count(1)
         self.on_idle: Callable[[], None] = lambda: None
         self.on_busy: Callable[[], None] = lambda: None
@@ -77,6 +86,10 @@ class ControlServer:
                 log.info("client pid %d went away", peer.credentials.pid)
             except Exception as exc:
                 await self._report(peer, _first_error(exc))
+            except asyncio.CancelledError:
+                if self.draining:
+                    await self._report(peer, self._shutting_down())
+                raise
             finally:
                 peer.close()
         finally:
@@ -88,19 +101,38 @@ class ControlServer:
         code = "protocol_error" if isinstance(exc, RemoteProtocolError) else exc.code
         level = logging.WARNING if isinstance(exc, ProtocolError) else logging.INFO
         log.log(level, "client pid %d: %s", peer.credentials.pid, exc)
+        if not peer.can_send():
+            return  # a frame was cut short by the cancellation: another would be read as garbage
+        message = self.redact(exc.message)
         try:
-            await asyncio.wait_for(peer.send(Error(code, exc.message, exc.url, exc.offset, True)), 5.0)
+            await asyncio.wait_for(peer.send(Error(code, message, exc.url, exc.offset, True)), 5.0)
         except (PeerGone, OSError, TimeoutError):
             pass  # the client is gone; nothing more to tell it
 
+    def _shutting_down(self) -> DaemonUnavailable:
+        return DaemonUnavailable(
+            f"the prefetchd daemon (pid {os.getpid()}) at {self.config.socket_path} is shutting down; "
+            "start it again (or let the client start one) and reopen the stream"
+        )
+
     async def _converse(self, peer: PeerConnection) -> None:
         self._check_peer(peer)
+        pid = peer.credentials.pid
+        self.limits.open_stream(pid)
+        try:
+            await self._open_and_serve(peer)
+        finally:
+            self.limits.close_stream(pid)
+
+    async def _open_and_serve(self, peer: PeerConnection) -> None:
         await self._handshake(peer)
         request = await _receive_within(peer, OPEN_TIMEOUT_S, "an open frame")
         if request is None:
             return
         if not isinstance(request, Open):
             raise RemoteProtocolError(f"expected an open frame after the handshake, got {request.TYPE}")
+        if self.config.allowed_prefixes:  # local paths are resolved on disk: off the loop
+            await asyncio.to_thread(check_sources, request.sources.values(), self.config.allowed_prefixes)
         reader = await open_reader(request, self.router, self.config, self.executor, self.pool)
         shape = reader.shape
         if shape.batches_per_epoch == 0:
@@ -114,6 +146,16 @@ class ControlServer:
         slots = max(request.prefetch + 2, min(self.config.max_slots, ring_bytes // geometry.slot_bytes))
         slots = min(slots, max(shape.batches_per_epoch, 2) + 2)  # more than an epoch ahead only costs memory
         geometry = layout.RingGeometry.build(slots, shape.arrays)
+        self.limits.claim_ring(peer.credentials.pid, geometry.segment_bytes)
+        try:
+            await self._serve_stream(peer, request, reader, stream_id, geometry)
+        finally:
+            self.limits.release_ring(peer.credentials.pid, geometry.segment_bytes)
+
+    async def _serve_stream(
+        self, peer: PeerConnection, request: Open, reader: Reader, stream_id: int, geometry: layout.RingGeometry
+    ) -> None:
+        shape = reader.shape
         ring = RingWriter(Segment(f"prefetchd-stream-{stream_id}", geometry.segment_bytes, seal=False), geometry)
         stream = Stream(stream_id, peer, reader, ring, request)
         self.streams[stream_id] = stream
@@ -136,7 +178,7 @@ class ControlServer:
                 request.sources,
                 shape.batches_per_epoch,
                 request.batch_size,
-                slots,
+                geometry.slot_count,
             )
             await stream.run()
         finally:

@@ -38,6 +38,7 @@ class PeerConnection:
         self.sock = sock
         self._reader = FrameReader()
         self._send_lock = asyncio.Lock()
+        self._cut_short = False  # a send was cancelled mid-frame: the byte stream is no longer at a frame boundary
         self._loop = asyncio.get_running_loop()
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
         self.credentials = PeerCredentials(*_PEERCRED.unpack(raw))
@@ -59,6 +60,9 @@ class PeerConnection:
     async def send(self, message: Message, *, fds: tuple[int, ...] = ()) -> None:
         data = encode(message)
         async with self._send_lock:
+            if self._cut_short:
+                raise PeerGone(f"an earlier frame to client pid {self.credentials.pid} was cut short")
+            self._cut_short = True
             try:
                 if fds:
                     data = data[await self._send_with_fds(data, fds) :]
@@ -66,6 +70,11 @@ class PeerConnection:
                     await self._loop.sock_sendall(self.sock, data)
             except (BrokenPipeError, ConnectionResetError) as exc:
                 raise PeerGone(f"client pid {self.credentials.pid} went away") from exc
+            self._cut_short = False
+
+    def can_send(self) -> bool:
+        """False once a send was cancelled partway: a frame after it would be read as garbage."""
+        return not self._cut_short
 
     async def _send_with_fds(self, data: bytes, fds: tuple[int, ...]) -> int:
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]

@@ -60,6 +60,8 @@ class Stream:
                 log.info("stream %d: client process %d exited", self.id, self.peer.credentials.pid)
             for task in (watcher, receiver, *self._producers):
                 task.cancel()
+        # a cancelled producer keeps its CancelledError, whose frames hold slot arrays: let go before the ring closes
+        self._producers = []
 
     async def _receive(self, group: asyncio.TaskGroup) -> None:
         while True:

@@ -277,7 +277,10 @@ class RangeGetter:
         if secure and self._ssl is None:
             self._ssl = ssl.create_default_context()
         try:
-            _, exchange = await asyncio.wait_for(self._connect(loop, target, secure), self.connect_timeout_s)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that lands as the
+            # connection is made, and a killed client's stream then outlives it
+            async with asyncio.timeout(self.connect_timeout_s):
+                _, exchange = await self._connect(loop, target, secure)
         except ssl.SSLError as exc:  # a certificate that does not verify will not verify on a retry either
             self._refused += 1
             raise Refused(f"TLS with {target.host}:{target.port} failed: {exc}", None) from exc

@@ -70,6 +70,11 @@ def main() -> None:
 )
 @click.option("--ring-size", "ring_bytes", help="Target shared memory per decoded stream [default: 64MiB]")
 @click.option(
+    "--http",
+    "http_address",
+    help="Where /healthz, /metrics (Prometheus) and /streams listen, HOST:PORT, or off [default: 127.0.0.1:9464]",
+)
+@click.option(
     "--max-ring-size",
     "max_ring_bytes",
     help="Most shared memory a bytes stream sizes its ring to, from the latency it measures [default: 256MiB]",
@@ -148,12 +153,14 @@ def _run_daemon(config: Config, ready_fd: int | None) -> int:
         while pending:
             fd = pending.pop()
             try:
-                os.write(fd, f"{word} pid={os.getpid()} socket={config.socket_path}\n".encode())
+                http = f" http={daemon.http_url}" if daemon.http_url else ""
+                os.write(fd, f"{word} pid={os.getpid()} socket={config.socket_path}{http}\n".encode())
             finally:
                 os.close(fd)
 
+    daemon = Daemon(config, on_ready=lambda: tell("ready"))
+
     async def run() -> None:
-        daemon = Daemon(config, on_ready=lambda: tell("ready"))
         with capture_signals(daemon):
             await daemon.serve()
 

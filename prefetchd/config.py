@@ -68,6 +68,8 @@ class Config:
     decode_processes: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))  # image decode workers
     exit_when_idle_s: float | None = None
     log_level: str = "INFO"
+    # /healthz, /metrics and /streams (observe/http.py); None: no HTTP side at all ("off" in flags and files)
+    http_address: str | None = "127.0.0.1:9464"
     allowed_uids: tuple[int, ...] = ()  # besides the daemon's own uid
     # the only objects served when set: `s3://bucket/prefix/` or `/local/dir/` (file only, a list)
     allowed_prefixes: tuple[str, ...] = ()
@@ -119,6 +121,7 @@ _TUNABLES: dict[str, Any] = {
     "decode_processes": int,
     "exit_when_idle_s": float,
     "log_level": str,
+    "http_address": lambda value: None if str(value).strip().lower() == "off" else str(value),
     "max_streams_per_client": int,
     "max_ring_bytes_per_client": parse_bytes,
 }
@@ -264,6 +267,15 @@ def _read_file(path: Path | None) -> dict[str, Any]:
     return flat
 
 
+def _is_address(text: str | None) -> bool:
+    from .observe.address import parse_address
+
+    try:
+        return text is None or bool(parse_address(text))
+    except ValueError:
+        return False
+
+
 def validate(config: Config) -> None:
     checks = [
         (config.max_concurrency >= 1, "max_concurrency must be at least 1"),
@@ -281,6 +293,7 @@ def validate(config: Config) -> None:
         (config.max_streams_per_client >= 1, "max_streams_per_client must be at least 1"),
         (config.max_ring_bytes_per_client >= 1 * MiB, "max_ring_bytes_per_client must be at least 1MiB"),
         (config.log_level.upper() in LOG_LEVELS, f"log_level is one of {', '.join(LOG_LEVELS)}"),
+        (_is_address(config.http_address), "http_address is HOST:PORT with an IP address (127.0.0.1:9464), or off"),
         (config.fetch_path in FETCH_PATHS, f"fetch_path is one of {', '.join(FETCH_PATHS)}"),
         (config.stall_timeout_s > 0, "stall_timeout_s must be more than 0"),
         (

@@ -1,6 +1,6 @@
 """The daemon's lifecycle: resources in one AsyncExitStack, tasks in one TaskGroup, readiness as an event.
 
-start-up:  lock + socket, sources (S3 client), decode threads  →  ready (wait_ready(), --ready-fd)
+start-up:  lock + socket, sources (S3 client), decode threads, the HTTP side  →  ready (wait_ready(), --ready-fd)
 serving:   the control server's accept loop and its connections
 shutdown:  shutdown() (SIGTERM/SIGINT, or idle for exit_when_idle_s) stops accepting, tells every client
            the daemon is shutting down and closes its stream (every ring is freed with it); then the
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from contextlib import AsyncExitStack
 from .config import Config
 from .decode.pool import DecodePool
 from .fetch.router import SourceRouter
+from .observe.http import HttpServer
 from .serve.control import ControlServer
 from .serve.listener import Listener
 
@@ -34,6 +36,7 @@ class Daemon:
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._idle_timer: asyncio.TimerHandle | None = None
+        self.http_url = ""  # where /metrics answers, once serving ("" when off)
 
     async def wait_ready(self) -> None:
         """Returns once the control socket accepts connections."""
@@ -56,6 +59,7 @@ class Daemon:
             self.server = ControlServer(self.config, router, executor, pool)
             self.server.on_idle = self._arm_idle_timer
             self.server.on_busy = self._disarm_idle_timer
+            await self._serve_http(stack, self.server)
             assert listener.sock is not None
             async with asyncio.TaskGroup() as group:
                 serving = group.create_task(self.server.serve(listener.sock))
@@ -68,6 +72,23 @@ class Daemon:
                 self.server.draining = True
                 serving.cancel()
             self._disarm_idle_timer()
+
+    async def _serve_http(self, stack: AsyncExitStack, server: ControlServer) -> None:
+        """`/healthz`, `/metrics`, `/streams`; a taken port costs the metrics, never the daemon."""
+        if self.config.http_address is None:
+            return
+        try:
+            http = await stack.enter_async_context(HttpServer(self.config.http_address, server.snapshot))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            log.warning(
+                "serving no metrics: %s is taken (another prefetchd?); choose another with --http HOST:PORT",
+                self.config.http_address,
+            )
+            return
+        self.http_url = http.url
+        log.info("metrics at %s/metrics", http.url)
 
     def _arm_idle_timer(self) -> None:
         if self.config.exit_when_idle_s is None:

@@ -68,9 +68,19 @@ def test_botocore_is_seen_by_the_s3_modules_only() -> None:
         str(p.relative_to(ROOT))
         for p in _sources(DAEMON)
         # testing/ runs S3 servers and proxies; bench/'s peer readers are the botocore readers we compare with
-        if _imports(p) & {"botocore", "aiobotocore", "aiohttp"} and p.parent.name not in ("testing", "bench")
+        if _imports(p) & {"botocore", "aiobotocore"} and p.parent.name not in ("testing", "bench")
     ]
     assert offenders == ["prefetchd/fetch/s3.py", "prefetchd/fetch/s3_errors.py"]  # the source, its error boundary
+
+
+def test_aiohttp_serves_the_metrics_and_is_otherwise_aiobotocores() -> None:
+    users = [
+        str(p.relative_to(ROOT))
+        for p in _sources(DAEMON)
+        if "aiohttp" in _imports(p) and p.parent.name not in ("testing", "bench")
+    ]
+    # s3_errors.py sorts aiobotocore's transport errors; the bulk bytes take fetch/range_get.py, not aiohttp
+    assert users == ["prefetchd/fetch/s3_errors.py", "prefetchd/observe/http.py"]
 
 
 def test_only_config_reads_the_environment() -> None:

@@ -61,6 +61,7 @@ _REFUSALS = {
 @dataclass(frozen=True, slots=True)
 class S3Statistics:
     requests: int  # tries sent (a lean try handed to aiobotocore counts once)
+    bytes_received: int  # body bytes of ranged GETs that reached their buffers, broken tries' included
     retries: int
     throttled: int  # tries answered 503 SlowDown (or 429)
     transient: int  # tries answered 500, 502, 504 or RequestTimeout
@@ -261,9 +262,12 @@ class S3Source:
         while done < len(out):
             try:
                 async with self._admitted(location.bucket) as generation:
-                    done += await self._get_into(location, info, start + done, out[done:], generation)
+                    got = await self._get_into(location, info, start + done, out[done:], generation)
+                done += got
+                self._counts["bytes"] += got
             except TryFailed as exc:
                 done += exc.received
+                self._counts["bytes"] += exc.received
                 await self._before_retry(exc, retries, info.url, what, start + done)
 
     # one try, and what to do after a failed one
@@ -453,6 +457,7 @@ class S3Source:
         counts = self._counts
         return S3Statistics(
             requests=counts["requests"],
+            bytes_received=counts["bytes"],
             retries=counts["retries"],
             throttled=counts[Failure.THROTTLED.value],
             transient=counts[Failure.TRANSIENT.value],

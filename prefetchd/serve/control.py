@@ -32,6 +32,7 @@ from .. import __version__
 from ..config import Config
 from ..decode.pool import DecodePool
 from ..fetch.router import SourceRouter
+from ..observe.snapshot import DaemonSnapshot, FinishedStreams
 from ..readers.base import Reader
 from ..readers.idx import IdxReader
 from ..readers.raw import RawReader
@@ -63,9 +64,23 @@ class ControlServer:
         self.limits = ClientLimits(config.max_streams_per_client, config.max_ring_bytes_per_client)
         self.redact = Redactor.for_settings(config.s3)
         self.draining = False  # set by the daemon before it cancels serve(): connections say goodbye
+        self.finished = FinishedStreams()  # closed streams' counters, so that the daemon's totals never go down
         self._ids = itertools.count(1)
         self.on_idle: Callable[[], None] = lambda: None
         self.on_busy: Callable[[], None] = lambda: None
+
+    def snapshot(self) -> DaemonSnapshot:
+        """The daemon as `/metrics`, `/streams` and `/healthz` show it."""
+        router = self.router
+        return DaemonSnapshot(
+            version=__version__,
+            pid=os.getpid(),
+            connections=self.connections,
+            streams=tuple(stream.snapshot() for stream in self.streams.values()),
+            finished=self.finished,
+            s3=router.s3.statistics() if router.s3 is not None else None,
+            cache=router.cache.statistics() if router.cache is not None else None,
+        )
 
     async def serve(self, listening: socket.socket) -> None:
         """Accept until cancelled; each connection is a task in this server's TaskGroup."""
@@ -183,6 +198,7 @@ class ControlServer:
             await stream.run()
         finally:
             del self.streams[stream_id]
+            self.finished = self.finished.plus(stream.snapshot())
             reader.detach()
             ring.close()
             log.info("stream %d closed", stream_id)

@@ -3,6 +3,10 @@
 Two tasks in one TaskGroup: the producer fills and publishes slots epoch after epoch (bounded by the ring,
 which only the client's Releases free), and the receiver applies the client's frames. A Seek replaces the
 producer; a Close, an EOF or the death of the client's process ends the stream and frees its ring.
+
+The trainer's stall is measured here, from the daemon's side: the client sends a Release from inside
+`next()`, so a Release that leaves it no batch queued means it is blocked until the next batch is sent (so
+is a fresh stream, and a Seek). That is `trainer_wait_s`, what `prefetchd_trainer_wait_seconds_total` shows.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +23,7 @@ from typing import Any
 from prefetchd_client.errors import PrefetchdError, RemoteProtocolError
 from prefetchd_client.protocol import Batch, Close, EndOfEpoch, Error, Open, Release, Seek
 
+from ..observe.snapshot import StreamSnapshot
 from ..plan.epoch import BatchSpec, EpochPlan
 from ..readers.base import EpochFill, FillResult, Reader
 from ..ring.writer import RingWriter
@@ -48,6 +54,10 @@ class Stream:
         self._seeks = 0
         self._skipped = 0
         self._producers: list[asyncio.Task[None]] = []
+        self._wait_s = 0.0  # the trainer's stall so far
+        self._waiting_since: float | None = time.monotonic()  # a new stream's trainer waits for its first batch
+        self._end_sent = False  # an EndOfEpoch is the next thing the trainer reads: it is not waiting on a batch
+        self._fill_s = 0.0
 
     async def run(self) -> None:
         """Serve until the client closes, goes away or breaks the protocol; errors propagate."""
@@ -70,6 +80,8 @@ class Stream:
                 return
             if isinstance(message, Release):
                 self.ring.release(message.slot, message.fill)
+                if not self._end_sent and self.ring.statistics().ready == 0:
+                    self._start_waiting()  # it let go of its last batch and has none queued
             elif isinstance(message, Seek):
                 if message.epoch < 0 or message.batch < 0:
                     raise RemoteProtocolError(f"Seek to epoch {message.epoch} batch {message.batch}")
@@ -77,6 +89,7 @@ class Stream:
                 old.cancel()
                 await asyncio.wait([old])
                 self._seeks += 1
+                self._start_waiting()
                 self._producers.append(group.create_task(self._produce(message.epoch, message.batch)))
             else:
                 raise RemoteProtocolError(f"a {message.TYPE} frame is not expected on an open stream")
@@ -94,6 +107,7 @@ class Stream:
             async with self.reader.start_epoch(plan, batch) as filling:
                 await self._fill_epoch(filling, plan, batch)
             await self.peer.send(EndOfEpoch(epoch, plan.batch_count))
+            self._end_sent = True
             epoch, batch = epoch + 1, 0
 
     async def _fill_epoch(self, filling: EpochFill, plan: EpochPlan, first: int) -> None:
@@ -108,7 +122,8 @@ class Stream:
                         await self._publish_first(plan.epoch, in_flight)
                     spec = plan.batch(seq)
                     slot = await self.ring.acquire()
-                    in_flight.append((spec, slot, group.create_task(filling.fill(spec, self.ring.arrays(slot)))))
+                    fill = self._timed_fill(filling, spec, self.ring.arrays(slot))
+                    in_flight.append((spec, slot, group.create_task(fill)))
                 while in_flight:
                     await self._publish_first(plan.epoch, in_flight)
         except BaseExceptionGroup as group_error:
@@ -117,6 +132,22 @@ class Stream:
         finally:
             for _, slot, _ in in_flight:  # fills that failed or were cancelled: every one has finished by now
                 self.ring.abort(slot)
+
+    async def _timed_fill(self, filling: EpochFill, spec: BatchSpec, out: dict[str, Any]) -> FillResult | None:
+        started = time.monotonic()
+        try:
+            return await filling.fill(spec, out)
+        finally:
+            self._fill_s += time.monotonic() - started
+
+    def _start_waiting(self) -> None:
+        if self._waiting_since is None:
+            self._waiting_since = time.monotonic()
+
+    def _stop_waiting(self) -> None:
+        if self._waiting_since is not None:
+            self._wait_s += time.monotonic() - self._waiting_since
+            self._waiting_since = None
 
     async def _publish_first(
         self, epoch: int, in_flight: deque[tuple[BatchSpec, int, asyncio.Task[FillResult | None]]]
@@ -128,6 +159,8 @@ class Stream:
         fill = self.ring.publish(slot, epoch=epoch, seq=spec.seq, valid=valid, pad=pad)
         await self.peer.send(Batch(slot, fill, epoch, spec.seq))
         self._batches_sent += 1
+        self._end_sent = False
+        self._stop_waiting()
         if result is not None:
             await self._report_skipped(result.skipped)
 
@@ -141,6 +174,26 @@ class Stream:
     def statistics(self) -> StreamStatistics:
         ring = self.ring.statistics()
         return StreamStatistics(self.id, self._epoch, self._batches_sent, self._seeks, ring.free, ring.ready)
+
+    def snapshot(self) -> StreamSnapshot:
+        """What `/streams` and the metrics show of this stream; a wait in progress counts up to now."""
+        ring = self.ring.statistics()
+        waiting = 0.0 if self._waiting_since is None else time.monotonic() - self._waiting_since
+        return StreamSnapshot(
+            stream=self.id,
+            pid=self.peer.credentials.pid,
+            format=self.request.format,
+            sources=dict(self.request.sources),
+            epoch=self._epoch,
+            batches_sent=self._batches_sent,
+            seeks=self._seeks,
+            ring_slots=ring.slots,
+            ring_free=ring.free,
+            ring_filling=ring.filling,
+            ring_ready=ring.ready,
+            trainer_wait_s=self._wait_s + waiting,
+            fill_s=self._fill_s,
+        )
 
     def __repr__(self) -> str:
         s = self.statistics()

@@ -34,6 +34,7 @@ class DaemonProcess:
         self.args = args
         self.start_timeout_s = start_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
+        self.http_url = ""
 
     def __enter__(self) -> DaemonProcess:
         self.start()
@@ -55,6 +56,8 @@ class DaemonProcess:
             str(self.socket_path),
             "--ready-fd",
             str(write_end),
+            # many daemons run at once in the tests: each takes a free port unless told one
+            *(() if "--http" in self.args else ("--http", "127.0.0.1:0")),
             *self.args,
         ]
         with open(self.log_path, "ab") as log:
@@ -69,6 +72,8 @@ class DaemonProcess:
         if not answer.startswith("ready"):
             self.stop()
             raise RuntimeError(f"prefetchd did not start ({answer.strip() or 'no answer'}):\n{self.log()}")
+        fields = dict(word.split("=", 1) for word in answer.split()[1:] if "=" in word)
+        self.http_url = fields.get("http", "")  # where /metrics answers; "" when the HTTP side is off
 
     def _read_line(self, fd: int) -> str:
         deadline = time.monotonic() + self.start_timeout_s

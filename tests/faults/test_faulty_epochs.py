@@ -21,7 +21,7 @@ from prefetchd.testing.fault_proxy import FaultProxy
 from prefetchd_client import bytes_iter, idx_iter, recordio_iter
 from tests.conftest import Objects
 from tests.faults.conftest import FAULTS, SEED
-from tests.helpers import reference_arrays
+from tests.helpers import reference_arrays, scrape
 
 Epoch = dict[str, np.ndarray]
 
@@ -143,3 +143,24 @@ def test_recordio_epochs_through_faults_are_the_clean_run_image_for_image(
     with replay_notes(fault_proxy, faulty_daemon):
         assert_same_epochs(run(faulty_daemon), clean)
     assert_every_fault_happened(fault_proxy.counts().since(before))
+
+
+def test_the_daemons_own_counters_show_the_faults_the_proxy_injected(
+    fault_proxy: FaultProxy, faulty_daemon: DaemonProcess, fashion_urls: dict[str, str]
+) -> None:
+    """`/metrics` accounts for every throttle and error the proxy sent, but those answering GETs it had
+    already walked away from (read-aheads of a closed stream: the proxy's `hung_up`)."""
+    image, label = fashion_urls["t10k-images-idx3-ubyte"], fashion_urls["t10k-labels-idx1-ubyte"]
+    with idx_iter(image, label, batch_size=500, socket_path=faulty_daemon.socket_path) as iterator:
+        assert sum(len(batch.index) for batch in iterator) == 10_000
+    counts = fault_proxy.counts()
+    metrics = scrape(faulty_daemon.http_url)
+
+    def failed(kind: str) -> float:
+        return metrics["prefetchd_s3_failed_requests_total", (("kind", kind),)]
+
+    assert 0 < failed("throttled") <= counts.slowdown <= failed("throttled") + counts.hung_up
+    assert 0 < failed("transient") <= counts.internal_error <= failed("transient") + counts.hung_up
+    assert failed("broken") > 0
+    assert metrics["prefetchd_s3_retries_total", ()] >= failed("throttled") + failed("transient")
+    assert metrics["prefetchd_s3_requests_total", ()] >= counts.object_gets - counts.hung_up

@@ -1,0 +1,68 @@
+"""One reading of the daemon's state, taken on the loop and handed to the metrics and `/streams`.
+
+Counters of closed streams are folded into `finished`, so that the daemon-wide totals only ever grow, as
+Prometheus counters must, while each live stream still has series of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..fetch.cache import CacheStatistics
+from ..fetch.s3 import S3Statistics
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSnapshot:
+    stream: int
+    pid: int  # the client's process, as SO_PEERCRED gave it (0: in another pid namespace)
+    format: str
+    sources: dict[str, str]
+    epoch: int
+    batches_sent: int
+    seeks: int
+    ring_slots: int
+    ring_free: int
+    ring_filling: int
+    ring_ready: int  # published, not yet released: batches waiting for the trainer
+    trainer_wait_s: float  # how long the trainer waited for a batch that was not ready (its stall)
+    fill_s: float  # time spent filling slots: fetch waits and decode
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedStreams:
+    """What closed streams did, kept so that totals never go down."""
+
+    streams: int = 0
+    batches_sent: int = 0
+    trainer_wait_s: float = 0.0
+    fill_s: float = 0.0
+
+    def plus(self, stream: StreamSnapshot) -> FinishedStreams:
+        return FinishedStreams(
+            self.streams + 1,
+            self.batches_sent + stream.batches_sent,
+            self.trainer_wait_s + stream.trainer_wait_s,
+            self.fill_s + stream.fill_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSnapshot:
+    version: str
+    pid: int
+    connections: int
+    streams: tuple[StreamSnapshot, ...] = ()
+    finished: FinishedStreams = field(default_factory=FinishedStreams)
+    s3: S3Statistics | None = None
+    cache: CacheStatistics | None = None
+
+    def streams_json(self) -> dict[str, Any]:
+        """`/streams`: every live stream, as plain JSON."""
+        return {
+            "version": self.version,
+            "pid": self.pid,
+            "connections": self.connections,
+            "streams": [asdict(stream) for stream in self.streams],
+        }

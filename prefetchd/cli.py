@@ -265,5 +265,149 @@ def bench(
         run_training(rounds=min(rounds, 3), say=say)
 
 
+# `inspect` and `sync` reach S3 themselves, with the daemon's settings (flags > env > --config file > defaults)
+
+
+def _tool_options(command: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--endpoint-url", help="S3-compatible endpoint [env: S3_ENDPOINT, AWS_ENDPOINT_URL_S3]"),
+            click.option("--region", help="AWS region [env: S3_REGION, AWS_REGION]"),
+            click.option(
+                "--config",
+                "config_file",
+                type=click.Path(path_type=Path, dir_okay=False),
+                help="The daemon's TOML file, for its S3 and fetch settings",
+            ),
+            click.option("--no-progress", is_flag=True, help="No progress bar on stderr"),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _tool_config(flags: dict[str, Any], config_file: Path | None) -> Config:
+    try:
+        return load_config(flags, None, config_file)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _run_tool(coroutine: Any, param_hint: str) -> Any:
+    """Run a command's coroutine: a URL that names nothing usable exits 2, a failure (corrupt data, S3) exits 1."""
+    import asyncio
+
+    from prefetchd_client.errors import InvalidRequest, PrefetchdError
+
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
+    try:
+        return asyncio.run(coroutine)
+    except InvalidRequest as exc:
+        raise click.BadParameter(str(exc), param_hint=param_hint) from exc
+    except PrefetchdError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command("inspect")
+@click.argument("url")
+@click.option(
+    "--label-width",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Labels of each RecordIO record the histogram counts, as ImageRecordIter's label_width",
+)
+@click.option(
+    "--concurrency", "max_concurrency", type=click.IntRange(min=1), help="Ranged GETs in flight [default: 32]"
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object")
+@_tool_options
+def inspect_command(
+    url: str, label_width: int, as_json: bool, no_progress: bool, config_file: Path | None, **flags: Any
+) -> None:
+    """Check an IDX or RecordIO object (s3://bucket/key or a path) and summarise it.
+
+    IDX: magic, type, dims, records, bytes, and a label file's histogram. RecordIO (.rec, with the .idx beside
+    it): records, label histogram, and an integrity check of every record's framing and of the index.
+
+    Exit codes: 0 intact, 1 corrupt (the message names the object and byte offset) or unreadable, 2 bad arguments.
+    """
+    import json
+
+    from .tools.inspect_run import inspect_url
+    from .tools.progress import bytes_bar, no_bar
+
+    config = _tool_config(flags, config_file)
+    bar = no_bar if no_progress else bytes_bar
+    summary = _run_tool(inspect_url(url, config, label_width=label_width, bar=bar), "URL")
+    click.echo(json.dumps(summary.to_json(), indent=2) if as_json else "\n".join(summary.lines()))
+
+
+@main.command("sync")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("destination")
+@click.option("--dry-run", is_flag=True, help="Print what would be uploaded, and upload nothing")
+@click.option(
+    "--part-size",
+    default="8MiB",
+    help="Files this size or larger go up in parts of this size (5MiB-5GiB); 8MiB is aws-cli's, so its ETags match",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=8,
+    help="Files and parts sent at once (each holds one part in memory)",
+)
+@_tool_options
+def sync_command(
+    directory: Path,
+    destination: str,
+    dry_run: bool,
+    part_size: str,
+    concurrency: int,
+    no_progress: bool,
+    config_file: Path | None,
+    **flags: Any,
+) -> None:
+    """Upload every file under DIRECTORY to DESTINATION (s3://bucket/prefix/), as `aws s3 sync` does.
+
+    Files whose object already has the same size and checksum (S3's ETag, else the SHA-256 stored in the object's
+    metadata) are skipped, so a second run uploads nothing. Big files go up in parts, concurrently; an upload that
+    fails or is interrupted is aborted and leaves no partial object. Nothing is ever deleted.
+    """
+    from prefetchd_client.errors import InvalidRequest
+
+    from .config import parse_bytes
+    from .tools.progress import bytes_bar, no_bar
+    from .tools.sync import MAX_PART_BYTES, MIN_PART_BYTES, parse_destination
+    from .tools.sync_run import sync_to_s3
+
+    try:
+        part_bytes = parse_bytes(part_size)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--part-size") from exc
+    if not MIN_PART_BYTES <= part_bytes <= MAX_PART_BYTES:
+        raise click.BadParameter(f"{part_size} is outside S3's part sizes, 5MiB to 5GiB", param_hint="--part-size")
+    try:
+        target = parse_destination(destination)
+    except InvalidRequest as exc:
+        raise click.BadParameter(str(exc), param_hint="DESTINATION") from exc
+    config = _tool_config(flags, config_file)
+    bar = no_bar if no_progress else bytes_bar
+    plan = _run_tool(
+        sync_to_s3(
+            directory, target, config, part_bytes=part_bytes, max_in_flight=concurrency, dry_run=dry_run, bar=bar
+        ),
+        "DESTINATION",
+    )
+    verb = "would upload" if dry_run else "uploaded"
+    for upload in plan.uploads:
+        click.echo(f"{verb}: {upload.file.path} to s3://{target.bucket}/{upload.file.key} ({upload.reason.value})")
+    files = len(plan.uploads)
+    click.echo(
+        f"{'dry run: ' if dry_run else ''}{verb} {files} file{'s' * (files != 1)} / {plan.upload_bytes:,} bytes, "
+        f"skipped {len(plan.skipped)} already in {target.url}"
+    )
+
+
 if __name__ == "__main__":
     main()

@@ -213,6 +213,24 @@ class S3Source:
             raise translate(exc, url) from exc
         return ObjectInfo(url, int(answer["ContentLength"]), str(answer["ETag"]))
 
+    async def request(self, url: str, operation: str, **params: Any) -> dict[str, Any]:
+        """One S3 call by botocore's name (`list_objects_v2`, `upload_part`, ...), for the tools that list and write.
+
+        The same retry policy, bucket gate and error translation as the reads, so botocore stays in this module;
+        `params` are botocore's (a `Body` must be bytes, to be sent again on a retry). `url` names the object in
+        errors.
+        """
+        method = getattr(self._client, operation)
+
+        async def call() -> Any:
+            return await method(**params)
+
+        try:
+            answer: dict[str, Any] = await self._request(url, params["Bucket"], call, head=operation == "head_object")
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, url) from exc
+        return answer
+
     async def open(self, url: str, head_bytes: int) -> tuple[ObjectInfo, bytes]:
         """One ranged GET instead of a HEAD and then a GET: its Content-Range gives the size, its ETag the version.
 

@@ -10,8 +10,10 @@ import itertools
 import math
 import struct
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -20,10 +22,11 @@ from hypothesis import strategies as st
 
 from prefetchd.formats import recordio
 from prefetchd.formats.recordio import FIRST, LAST, MAGIC_BYTES, MIDDLE, WHOLE
-from prefetchd_client.errors import CorruptRecord, FormatError, InvalidRequest
+from prefetchd_client.errors import CorruptRecord, FormatError, InvalidRequest, PrefetchdError
 
 URL = "s3://bucket-name/training-data/train.rec"
 IDX_URL = "s3://bucket-name/training-data/train.idx"
+T = TypeVar("T")
 
 
 def header(flag: int, length: int) -> bytes:
@@ -608,3 +611,89 @@ def test_mxnet_reads_records_an_index_leaves_out_with_the_entry_before_them(tmp_
         begin, end = recordio.index_byte_range(offsets, size, recordio.index_partition(len(offsets), 2, part_index))
         want = [number for number, offset in enumerate(files.offsets) if begin <= offset < end]
         assert mxnet_labels(files.rec, 2, part_index, partial) == want
+
+
+# ---- hostile input: only the documented errors, whatever the bytes ----
+
+
+def _damaged(stream: bytes, flips: list[tuple[int, int]], cut: int | None) -> bytes:
+    """`stream` with some bytes overwritten and maybe cut short: what a corrupt or truncated .rec holds."""
+    data = bytearray(stream)
+    for position, value in flips:
+        if data:
+            data[position % len(data)] = value
+    return bytes(data[:cut] if cut is not None else data)
+
+
+hostile_streams = st.one_of(
+    st.binary(max_size=400),
+    st.builds(
+        _damaged,
+        payload_lists.map(lambda payloads: encode_all(payloads)[0]),
+        st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), max_size=4),
+        st.none() | st.integers(0, 2000),
+    ),
+)
+
+
+def _outcome(call: Callable[[], T]) -> tuple[T | None, PrefetchdError | None]:
+    """What `call()` returns, or the documented error it raises; anything else propagates and fails the test."""
+    try:
+        return call(), None
+    except (CorruptRecord, FormatError) as error:
+        return None, error
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=hostile_streams, cuts=st.lists(st.integers(0, 2000), max_size=6))
+def test_the_framer_takes_any_bytes_and_raises_nothing_but_corrupt_record(data: bytes, cuts: list[int]) -> None:
+    records, error = _outcome(lambda: frame(data, [cut % (len(data) + 1) for cut in cuts]))
+    if error is not None:
+        assert isinstance(error, CorruptRecord) and error.url == URL
+        assert error.offset is not None and 0 <= error.offset <= len(data)
+    else:
+        assert records is not None and all(0 <= r.offset < r.end <= len(data) for r in records)
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=hostile_streams, pos=st.integers(0, 500))
+def test_reading_a_record_from_any_bytes_raises_nothing_but_corrupt_record(data: bytes, pos: int) -> None:
+    pos -= pos % 4
+    read, error = _outcome(lambda: recordio.read_record(data, pos, url=URL))
+    if error is not None:
+        assert isinstance(error, CorruptRecord) and error.url == URL and error.offset is not None
+    else:
+        assert read is not None
+        payload, end = read
+        assert pos < end <= len(data) and len(payload) <= end - pos
+
+
+@settings(max_examples=2000, deadline=None)
+@given(payload=st.binary(max_size=64))
+def test_any_image_payload_unpacks_or_is_a_corrupt_record(payload: bytes) -> None:
+    unpacked, error = _outcome(lambda: recordio.unpack_image(payload, url=URL, offset=4096))
+    if error is not None:
+        assert isinstance(error, CorruptRecord) and error.offset == 4096
+    else:
+        assert unpacked is not None and len(unpacked[1]) <= len(payload)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    text=st.one_of(
+        st.binary(max_size=200),
+        st.lists(st.tuples(st.integers(-5, 10**6), st.integers(-5, 10**9)), max_size=10).map(
+            lambda rows: "".join(f"{key}\t{offset}\n" for key, offset in rows).encode()
+        ),
+    ),
+    object_size=st.integers(0, 10**9),
+)
+def test_any_index_parses_or_is_a_format_error(text: bytes, object_size: int) -> None:
+    def spans() -> Any:
+        return recordio.record_spans(recordio.parse_index(text, url=IDX_URL), object_size, url=URL)
+
+    lengths, error = _outcome(spans)
+    if error is not None:
+        assert isinstance(error, FormatError) and error.url in (URL, IDX_URL)
+    else:
+        assert lengths is not None and all(length >= 8 for length in lengths)  # room for a record's header at least

@@ -45,6 +45,14 @@ def test_defaults_apply_when_nothing_is_set() -> None:
     assert loaded.socket_path == Path(f"/tmp/prefetchd-{os.getuid()}/control.sock")
     assert loaded.s3.addressing_style == "auto" and loaded.s3.verify_ssl
     assert loaded.s3.env_names_used == ()
+    assert loaded.http_address == "127.0.0.1:9464"  # loopback only unless told otherwise
+    assert (loaded.max_ring_bytes, loaded.target_bytes_per_s) == (256 * MiB, 1_500_000_000)
+
+
+def test_the_http_side_is_moved_or_turned_off_and_a_bad_address_is_refused() -> None:
+    assert config(http_address="0.0.0.0:9100").http_address == "0.0.0.0:9100"
+    assert config(env={"PREFETCHD_HTTP_ADDRESS": "off"}).http_address is None
+    assert "http_address" in config_error(http_address="localhost:9464")
 
 
 def test_file_beats_defaults_env_beats_file_flags_beat_env(tmp_path: Path) -> None:

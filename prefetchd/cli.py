@@ -117,6 +117,11 @@ def main() -> None:
     help="TOML file with these settings (flags > PREFETCHD_* env > file > defaults)",
 )
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"], case_sensitive=False),
+    help="Log lines as text, or as one JSON object each (time, level, logger, message, stream) [default: text]",
+)
 @click.option("--ready-fd", type=int, hidden=True, help="Write 'ready' to this fd once listening")
 @click.option("--detach", is_flag=True, hidden=True, help="Fork into the background first (autostart)")
 def serve(config_file: Path | None, ready_fd: int | None, detach: bool, **flags: Any) -> None:
@@ -129,7 +134,7 @@ def serve(config_file: Path | None, ready_fd: int | None, detach: bool, **flags:
         _detach()
     from .redaction import Redactor, configure_logging
 
-    configure_logging(config.log_level, Redactor.for_settings(config.s3))
+    configure_logging(config.log_level, Redactor.for_settings(config.s3), config.log_format)
     sys.exit(_run_daemon(config, ready_fd))
 
 
@@ -407,6 +412,61 @@ def sync_command(
         f"{'dry run: ' if dry_run else ''}{verb} {files} file{'s' * (files != 1)} / {plan.upload_bytes:,} bytes, "
         f"skipped {len(plan.skipped)} already in {target.url}"
     )
+
+
+@main.command("status")
+@click.option(
+    "--http",
+    "http_url",
+    help="The daemon's HTTP side, http://HOST:PORT [default: its http_address, from --config, env or 127.0.0.1:9464]",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The daemon's TOML file, for its http_address",
+)
+@click.option(
+    "--interval",
+    "interval_s",
+    type=click.FloatRange(min=0.05),
+    default=2.0,
+    help="Seconds between readings; the rates are over this interval",
+)
+@click.option("--once", is_flag=True, help="Print one table (rates over one --interval) and exit")
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's /streams JSON once and exit")
+def status_command(
+    http_url: str | None, config_file: Path | None, interval_s: float, once: bool, as_json: bool
+) -> None:
+    """A live table of the daemon's streams (batches/s, MB/s, ring, the trainer's stall) and its S3 and cache.
+
+    Exit codes: 0 done (or Ctrl-C), 1 no daemon answers at the address, 2 bad arguments.
+    """
+    import json
+
+    from prefetchd_client.errors import DaemonUnavailable
+
+    from .tools.status import status_url
+    from .tools.status_run import read_streams, watch
+
+    address = http_url
+    if address is None:
+        address = _tool_config({}, config_file).http_address
+        if address is None:
+            raise click.UsageError("the daemon's HTTP side is off (http_address = off): pass --http URL")
+    try:
+        url = status_url(address)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--http") from exc
+    try:
+        if as_json:
+            click.echo(json.dumps(read_streams(url), indent=2))
+        else:
+            watch(url, interval_s, once=once, say=click.echo)
+    except DaemonUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":

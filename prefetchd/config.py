@@ -20,6 +20,7 @@ from prefetchd_client.settings import default_socket_path
 
 MiB = 1 << 20
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")  # json: one object per line, for log shippers (redaction.py)
 FETCH_PATHS = ("lean", "botocore")
 
 
@@ -68,6 +69,7 @@ class Config:
     decode_processes: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))  # image decode workers
     exit_when_idle_s: float | None = None
     log_level: str = "INFO"
+    log_format: str = "text"
     # /healthz, /metrics and /streams (observe/http.py); None: no HTTP side at all ("off" in flags and files)
     http_address: str | None = "127.0.0.1:9464"
     allowed_uids: tuple[int, ...] = ()  # besides the daemon's own uid
@@ -121,6 +123,7 @@ _TUNABLES: dict[str, Any] = {
     "decode_processes": int,
     "exit_when_idle_s": float,
     "log_level": str,
+    "log_format": lambda value: str(value).strip().lower(),
     "http_address": lambda value: None if str(value).strip().lower() == "off" else str(value),
     "max_streams_per_client": int,
     "max_ring_bytes_per_client": parse_bytes,
@@ -293,6 +296,7 @@ def validate(config: Config) -> None:
         (config.max_streams_per_client >= 1, "max_streams_per_client must be at least 1"),
         (config.max_ring_bytes_per_client >= 1 * MiB, "max_ring_bytes_per_client must be at least 1MiB"),
         (config.log_level.upper() in LOG_LEVELS, f"log_level is one of {', '.join(LOG_LEVELS)}"),
+        (config.log_format in LOG_FORMATS, f"log_format is one of {', '.join(LOG_FORMATS)}"),
         (_is_address(config.http_address), "http_address is HOST:PORT with an IP address (127.0.0.1:9464), or off"),
         (config.fetch_path in FETCH_PATHS, f"fetch_path is one of {', '.join(FETCH_PATHS)}"),
         (config.stall_timeout_s > 0, "stall_timeout_s must be more than 0"),

@@ -29,6 +29,7 @@ _SHAPES = (
 # libraries whose DEBUG lines carry request headers; they stay at INFO even when the daemon logs DEBUG
 CHATTY_LOGGERS = ("botocore", "aiobotocore", "urllib3", "aiohttp", "s3transfer")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 
 class Redactor:
@@ -70,13 +71,20 @@ class RedactingFilter(logging.Filter):
             record.exc_text = self._redact(record.exc_text)
         if record.stack_info:
             record.stack_info = self._redact(record.stack_info)
+        for key in set(vars(record)) - _RECORD_FIELDS:  # `extra=` fields: the JSON format prints them
+            value = getattr(record, key)
+            if isinstance(value, str):
+                setattr(record, key, self._redact(value))
         return True
 
 
-def configure_logging(level: str, redact: Redactor) -> None:
-    """The daemon's logging: one stderr handler that scrubs credentials; HTTP libraries no chattier than INFO."""
+def configure_logging(level: str, redact: Redactor, log_format: str = "text") -> None:
+    """The daemon's logging: one stderr handler that scrubs credentials, in either format (`text`, or `json`:
+    one object per line); HTTP libraries no chattier than INFO."""
+    from .observe.logs import JsonFormatter
+
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(LOG_FORMAT))
     handler.addFilter(RedactingFilter(redact))
     root = logging.getLogger()
     root.addHandler(handler)

@@ -91,3 +91,31 @@ def test_http_libraries_stay_at_info_when_the_daemon_logs_debug() -> None:
         root.setLevel(level)
         for name, saved_level in saved.items():
             logging.getLogger(name).setLevel(saved_level)
+
+
+def test_json_lines_are_scrubbed_too_extras_included() -> None:
+    import json
+
+    from prefetchd.observe.logs import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactingFilter(redact))
+    logger = logging.getLogger("test.redaction.json")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        logger.info("stream %d signing with %s", 12, TOKEN, extra={"header": f"X-Amz-Security-Token: {TOKEN}"})
+        try:
+            raise RuntimeError(f"failed with {SECRET}")
+        except RuntimeError:
+            logger.exception("boom")
+    finally:
+        logger.removeHandler(handler)
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["message"] == "stream 12 signing with <redacted>" and first["stream"] == 12
+    assert first["header"] == "X-Amz-Security-Token: <redacted>"
+    assert {"time", "level", "logger", "message"} <= set(first) and first["level"] == "INFO"
+    assert second["level"] == "ERROR" and "RuntimeError: failed with <redacted>" in second["exception"]
+    assert "wEaDM" not in stream.getvalue() and SECRET not in stream.getvalue()

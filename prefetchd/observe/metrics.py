@@ -51,6 +51,11 @@ def _streams(snap: DaemonSnapshot) -> Iterator[Metric]:
         "prefetchd_batches", "Batches handed to trainers", value=done.batches_sent + sum(s.batches_sent for s in live)
     )
     yield CounterMetricFamily(
+        "prefetchd_sent_bytes",
+        "Array bytes of the batches handed to trainers (valid records only)",
+        value=done.bytes_sent + sum(s.bytes_sent for s in live),
+    )
+    yield CounterMetricFamily(
         "prefetchd_trainer_wait_seconds",
         "Time trainers waited in next() for a batch that was not ready: the stall",
         value=done.trainer_wait_s + sum(s.trainer_wait_s for s in live),
@@ -62,6 +67,9 @@ def _streams(snap: DaemonSnapshot) -> Iterator[Metric]:
     )
     batches = CounterMetricFamily(
         "prefetchd_stream_batches", "Batches handed to this stream's trainer", labels=STREAM_LABELS
+    )
+    sent = CounterMetricFamily(
+        "prefetchd_stream_sent_bytes", "Array bytes of batches handed to this stream's trainer", labels=STREAM_LABELS
     )
     waits = CounterMetricFamily(
         "prefetchd_stream_trainer_wait_seconds", "This stream's trainer's stall", labels=STREAM_LABELS
@@ -79,6 +87,7 @@ def _streams(snap: DaemonSnapshot) -> Iterator[Metric]:
     for stream in live:
         labels = _labels(stream)
         batches.add_metric(labels, stream.batches_sent)
+        sent.add_metric(labels, stream.bytes_sent)
         waits.add_metric(labels, stream.trainer_wait_s)
         fills.add_metric(labels, stream.fill_s)
         epochs.add_metric(labels, stream.epoch)
@@ -88,7 +97,7 @@ def _streams(snap: DaemonSnapshot) -> Iterator[Metric]:
             ("ready", stream.ring_ready),
         ):
             slots.add_metric([*labels, state], count)
-    yield from (batches, waits, fills, epochs, slots)
+    yield from (batches, sent, waits, fills, epochs, slots)
 
 
 def _labels(stream: StreamSnapshot) -> list[str]:

@@ -28,6 +28,7 @@ class StreamSnapshot:
     ring_ready: int  # published, not yet released: batches waiting for the trainer
     trainer_wait_s: float  # how long the trainer waited for a batch that was not ready (its stall)
     fill_s: float  # time spent filling slots: fetch waits and decode
+    bytes_sent: int = 0  # array bytes of the batches handed over (valid records only): `prefetchd status`'s MB/s
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class FinishedStreams:
     batches_sent: int = 0
     trainer_wait_s: float = 0.0
     fill_s: float = 0.0
+    bytes_sent: int = 0
 
     def plus(self, stream: StreamSnapshot) -> FinishedStreams:
         return FinishedStreams(
@@ -45,6 +47,7 @@ class FinishedStreams:
             self.batches_sent + stream.batches_sent,
             self.trainer_wait_s + stream.trainer_wait_s,
             self.fill_s + stream.fill_s,
+            self.bytes_sent + stream.bytes_sent,
         )
 
 
@@ -59,10 +62,14 @@ class DaemonSnapshot:
     cache: CacheStatistics | None = None
 
     def streams_json(self) -> dict[str, Any]:
-        """`/streams`: every live stream, as plain JSON."""
+        """`/streams`: every live stream, as plain JSON, with the daemon-wide S3 and cache counters that
+        `prefetchd status` turns into rates (null where the daemon has no S3 source or no cache yet)."""
         return {
             "version": self.version,
             "pid": self.pid,
             "connections": self.connections,
             "streams": [asdict(stream) for stream in self.streams],
+            "finished": asdict(self.finished),
+            "s3": None if self.s3 is None else asdict(self.s3),
+            "cache": None if self.cache is None else asdict(self.cache),
         }

@@ -58,6 +58,11 @@ class Stream:
         self._waiting_since: float | None = time.monotonic()  # a new stream's trainer waits for its first batch
         self._end_sent = False  # an EndOfEpoch is the next thing the trainer reads: it is not waiting on a batch
         self._fill_s = 0.0
+        self._bytes_sent = 0
+        # a batch's array bytes per record: one multiply per batch counts the bytes handed over
+        first = ring.geometry.arrays[0].shape
+        self._records_per_slot = first[0] if first and first[0] > 0 else 1
+        self._slot_payload_bytes = sum(array.nbytes for array in ring.geometry.arrays)
 
     async def run(self) -> None:
         """Serve until the client closes, goes away or breaks the protocol; errors propagate."""
@@ -159,6 +164,7 @@ class Stream:
         fill = self.ring.publish(slot, epoch=epoch, seq=spec.seq, valid=valid, pad=pad)
         await self.peer.send(Batch(slot, fill, epoch, spec.seq))
         self._batches_sent += 1
+        self._bytes_sent += self._slot_payload_bytes * valid // self._records_per_slot
         self._end_sent = False
         self._stop_waiting()
         if result is not None:
@@ -193,6 +199,7 @@ class Stream:
             ring_ready=ring.ready,
             trainer_wait_s=self._wait_s + waiting,
             fill_s=self._fill_s,
+            bytes_sent=self._bytes_sent,
         )
 
     def __repr__(self) -> str:

@@ -4,8 +4,9 @@ An image is stood in for by what docker/Dockerfile puts in it, read with BuildKi
 environment made by the target's own `pip install --no-deps -r <lock>` (uv, from its cache when it can),
 the target's COPYs replayed into a staging root, and its ENV with that root in place of `/`. A service then
 runs its entrypoint + command with the image's ENV overlaid by the service's resolved `environment` (as the
-engine does), from its WORKDIR, with two stand-ins for the compose network and volumes: MinIO's address
-becomes the test's S3 server, and each named volume's mount point a directory here.
+engine does), from its WORKDIR, with stand-ins for the compose network and volumes: MinIO's address
+becomes the test's S3 server, each named volume's mount point a directory here, and an address a service
+listens on in its own network namespace (`0.0.0.0:9464`) a free loopback port here.
 
 Not emulated: the base image and its Debian packages (the host's Python and Fashion-MNIST cache stand in),
 the uid switch (all run as the test's user, which is what the shared uid gives the containers), the shared PID
@@ -33,6 +34,8 @@ from tests.deploy.compose_cli import DOCKERFILE, MINIO_ENDPOINT, ROOT
 
 # what the host lends every process: where to find programs and the dataset cache, and OpenBLAS's settings
 PASSED_THROUGH = ("PATH", "HOME", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "PREFETCHD_DOWNLOAD_DIR")
+# a container's own network namespace has its ports to itself; here, where others listen too, any free port does
+_LISTEN_EVERYWHERE = re.compile(r"^0\.0\.0\.0:\d+$")
 _PIP_INSTALL = re.compile(r"pip install --no-deps --only-binary=:all: -r /tmp/(\S+)")
 
 
@@ -151,6 +154,8 @@ class Services:
         return mounts
 
     def _translate(self, name: str, value: str) -> str:
+        if _LISTEN_EVERYWHERE.match(value):
+            return "127.0.0.1:0"
         value = value.replace(MINIO_ENDPOINT, self.endpoint_url)
         for target, local in self._mounts(name).items():
             if value == target or value.startswith(target + "/"):

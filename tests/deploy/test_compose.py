@@ -40,9 +40,9 @@ def test_the_validator_is_docker_compose_itself() -> None:
     assert result.stdout.strip().lstrip("v") == COMPOSE_VERSION, f"{compose_binary()}: {result.stdout}"
 
 
-def test_docker_compose_accepts_the_file_and_names_the_four_services(model: dict[str, Any]) -> None:
+def test_docker_compose_accepts_the_file_and_names_the_six_services(model: dict[str, Any]) -> None:
     assert model["name"] == "prefetchd"
-    assert set(model["services"]) == {"minio", "seed", "prefetchd", "trainer"}
+    assert set(model["services"]) == {"minio", "seed", "prefetchd", "trainer", "prometheus", "grafana"}
     assert _service(model, "minio")["image"].startswith("minio/minio:RELEASE.")
     for name, target in (("seed", "seed"), ("prefetchd", "daemon"), ("trainer", "trainer")):
         build = _service(model, name)["build"]

@@ -7,6 +7,8 @@
 
 MXNet users take `prefetchd_client.MNISTIter` (a drop-in for `mx.io.MNISTIter` that accepts s3:// URLs),
 or `import prefetchd_client.mxnet_s3` to route MXNet's own iterators' s3:// paths through prefetchd.
+`prefetchd_client.open("s3://…", "wb")` writes an object through the daemon (and "rb" reads one);
+`save_checkpoint`/`load_checkpoint` put MXNet checkpoints there.
 Only numpy and the standard library are imported here; MXNet is imported when an adapter is first used.
 """
 
@@ -35,9 +37,10 @@ from .errors import (
     StreamClosed,
     UndecodableImage,
 )
+from .files import ObjectReader, ObjectWriter, open
 from .iterator import Batch, BatchIterator, bytes_iter, idx_iter, recordio_iter
 
-_MXNET_ADAPTERS = ("ImageRecordIter", "MNISTIter")
+_MXNET_ADAPTERS = ("ImageRecordIter", "MNISTIter", "load_checkpoint", "save_checkpoint")
 
 __all__ = [
     "AccessDenied",
@@ -54,6 +57,8 @@ __all__ = [
     "MNISTIter",
     "ObjectChanged",
     "ObjectNotFound",
+    "ObjectReader",
+    "ObjectWriter",
     "PrefetchdError",
     "ProtocolError",
     "RemoteProtocolError",
@@ -65,7 +70,10 @@ __all__ = [
     "bytes_iter",
     "connect",
     "idx_iter",
+    "load_checkpoint",
+    "open",
     "recordio_iter",
+    "save_checkpoint",
 ]
 
 

@@ -14,6 +14,12 @@ Conversation (C = client, D = daemon):
     C: Seek       D: Batch ...          drop what is in flight and restart at (epoch, batch)
     C: Close                            or just close the socket
     D: Error                            `fatal` errors end the stream; the daemon keeps serving others
+
+A connection may write an object instead of reading one (docs/format.md section 3.7):
+
+    C: Upload     D: UploadReady (+ fd) the part buffer: a memfd of `slots` × `part_bytes` the client writes
+    C: Part ...   D: PartFree ...       slot `slot` holds the next part; the daemon has copied it out
+    C: Commit     D: Uploaded           the object exists at the URL; a Close or an EOF before it aborts
 """
 
 from __future__ import annotations
@@ -156,9 +162,97 @@ class Error:
     fatal: bool = True
 
 
-Message = Hello | Welcome | Open | Opened | Batch | EndOfEpoch | Release | Seek | Close | Error
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """C→D, instead of `open`: write one object at `url`; `size_hint` (bytes, if known) sizes the parts."""
+
+    TYPE: ClassVar[str] = "upload"
+    url: str
+    size_hint: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UploadReady:
+    """D→C: the part buffer rides on this frame, a memfd of `slots` slots of `part_bytes` the client may write."""
+
+    TYPE: ClassVar[str] = "upload_ready"
+    upload: int
+    part_bytes: int
+    slots: int
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """C→D: the first `length` bytes of slot `slot` are the object's next part (parts come in order)."""
+
+    TYPE: ClassVar[str] = "part"
+    slot: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class PartFree:
+    """D→C: the daemon has taken the part in `slot`; the client may write the slot again."""
+
+    TYPE: ClassVar[str] = "part_free"
+    slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """C→D: every part has been sent; make the object visible at the URL."""
+
+    TYPE: ClassVar[str] = "commit"
+
+
+@dataclass(frozen=True, slots=True)
+class Uploaded:
+    """D→C: the object is at `url`, `size` bytes, with S3's `etag`; the connection then closes."""
+
+    TYPE: ClassVar[str] = "uploaded"
+    url: str
+    size: int
+    etag: str
+
+
+Message = (
+    Hello
+    | Welcome
+    | Open
+    | Opened
+    | Batch
+    | EndOfEpoch
+    | Release
+    | Seek
+    | Close
+    | Error
+    | Upload
+    | UploadReady
+    | Part
+    | PartFree
+    | Commit
+    | Uploaded
+)
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (Hello, Welcome, Open, Opened, Batch, EndOfEpoch, Release, Seek, Close, Error)
+    cls.TYPE: cls
+    for cls in (
+        Hello,
+        Welcome,
+        Open,
+        Opened,
+        Batch,
+        EndOfEpoch,
+        Release,
+        Seek,
+        Close,
+        Error,
+        Upload,
+        UploadReady,
+        Part,
+        PartFree,
+        Commit,
+        Uploaded,
+    )
 }
 
 

@@ -62,6 +62,11 @@ class Segment:
         """Seal a segment made with `seal=False`, once every writer (decode workers) has mapped it."""
         _seal(self.fd)
 
+    def seal_size(self) -> None:
+        """Seal only the size of a segment made with `seal=False`: a buffer the client writes (uploads) and the
+        daemon reads, which the client still cannot truncate under the daemon's mapping."""
+        fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, _SIZE_SEALS | fcntl.F_SEAL_SEAL)
+
     def close(self) -> None:
         """Drop the daemon's hold, descriptor and mapping; the memory goes when the client lets go too."""
         if self._closed:

@@ -26,12 +26,13 @@ from prefetchd_client.errors import (
     ProtocolError,
     RemoteProtocolError,
 )
-from prefetchd_client.protocol import PROTOCOL_VERSION, Error, Hello, Message, Open, Opened, Welcome
+from prefetchd_client.protocol import PROTOCOL_VERSION, Error, Hello, Message, Open, Opened, Upload, Welcome
 
 from .. import __version__
 from ..config import Config
 from ..decode.pool import DecodePool
 from ..fetch.router import SourceRouter
+from ..fetch.source import parse_s3_url, scheme_of
 from ..observe.snapshot import DaemonSnapshot, FinishedStreams
 from ..readers.base import Reader
 from ..readers.idx import IdxReader
@@ -44,6 +45,7 @@ from .allowlist import check_sources
 from .limits import ClientLimits
 from .peer import PeerConnection, PeerGone
 from .stream import Stream
+from .upload import UploadSession, buffer_bytes_for
 
 log = logging.getLogger("prefetchd.serve.control")
 
@@ -144,8 +146,11 @@ class ControlServer:
         request = await _receive_within(peer, OPEN_TIMEOUT_S, "an open frame")
         if request is None:
             return
+        if isinstance(request, Upload):
+            await self._serve_upload(peer, request)
+            return
         if not isinstance(request, Open):
-            raise RemoteProtocolError(f"expected an open frame after the handshake, got {request.TYPE}")
+            raise RemoteProtocolError(f"expected an open or upload frame after the handshake, got {request.TYPE}")
         if self.config.allowed_prefixes:  # local paths are resolved on disk: off the loop
             await asyncio.to_thread(check_sources, request.sources.values(), self.config.allowed_prefixes)
         reader = await open_reader(request, self.router, self.config, self.executor, self.pool)
@@ -202,6 +207,20 @@ class ControlServer:
             reader.detach()
             ring.close()
             log.info("stream %d closed", stream_id)
+
+    async def _serve_upload(self, peer: PeerConnection, request: Upload) -> None:
+        """Write one object for the client (serve/upload.py), inside the allowlist and its shared-memory cap."""
+        if scheme_of(request.url) != "s3" or self.router.s3 is None:
+            raise InvalidRequest(f"{request.url}: uploads go to s3://bucket/key URLs only", url=request.url)
+        parse_s3_url(request.url)
+        if self.config.allowed_prefixes:
+            await asyncio.to_thread(check_sources, [request.url], self.config.allowed_prefixes)
+        buffer_bytes = buffer_bytes_for(request)
+        self.limits.claim_ring(peer.credentials.pid, buffer_bytes)
+        try:
+            await UploadSession(next(self._ids), peer, self.router.s3, request).run()
+        finally:
+            self.limits.release_ring(peer.credentials.pid, buffer_bytes)
 
     def _check_peer(self, peer: PeerConnection) -> None:
         uid = peer.credentials.uid

@@ -68,7 +68,7 @@ class Stream:
         """Serve until the client closes, goes away or breaks the protocol; errors propagate."""
         async with asyncio.TaskGroup() as group:
             self._producers = [group.create_task(self._produce(self.request.epoch, self.request.batch))]
-            watcher = group.create_task(_wait_for_exit(self.peer.credentials.pid))
+            watcher = group.create_task(wait_for_exit(self.peer.credentials.pid))
             receiver = group.create_task(self._receive(group))
             done, _ = await asyncio.wait([watcher, receiver], return_when=asyncio.FIRST_COMPLETED)
             if watcher in done and watcher.result():
@@ -207,7 +207,7 @@ class Stream:
         return f"<Stream {s.stream} {self.request.format} epoch={s.epoch} sent={s.batches_sent} {self.ring!r}>"
 
 
-async def _wait_for_exit(pid: int) -> bool:
+async def wait_for_exit(pid: int) -> bool:
     """Returns True when process `pid` exits (a pidfd fires at once); waits forever if it cannot watch.
 
     EOF on the socket is not proof of death: a trainer that forked DataLoader workers after connecting

@@ -26,6 +26,7 @@ from prefetchd_client.layout import (
 from prefetchd_client.protocol import (
     Batch,
     Close,
+    Commit,
     EndOfEpoch,
     Error,
     FrameReader,
@@ -33,9 +34,14 @@ from prefetchd_client.protocol import (
     Message,
     Open,
     Opened,
+    Part,
+    PartFree,
     Release,
     Seek,
     Sentinel,
+    Upload,
+    Uploaded,
+    UploadReady,
     Welcome,
     encode,
 )
@@ -219,6 +225,44 @@ def test_frame_reader_parses_the_golden_file_back_into_the_fixed_messages(piece_
     reader.feed(b"")
     assert reader.next_message() is Sentinel.PEER_CLOSED
     assert parsed == FRAMES
+
+
+# --- the upload frames of docs/format.md, section 3.7: added to version 1 beside its ten, none of those changed ---
+
+CHECKPOINT = "s3://bucket/checkpoints/mnist-0003.params"
+UPLOAD_FRAMES: list[Message] = [
+    Upload(url=CHECKPOINT, size_hint=20971520),
+    UploadReady(upload=7, part_bytes=8388608, slots=2),
+    Part(slot=0, length=8388608),
+    PartFree(slot=0),
+    Commit(),
+    Uploaded(url=CHECKPOINT, size=20971520, etag='"e1b4c2d6f0a3b5c7d9e1f3a5b7c9d1e3-3"'),
+]
+# written out by hand from the section's tables, not by encode()
+UPLOAD_BODIES = [
+    b'{"type":"upload","url":"s3://bucket/checkpoints/mnist-0003.params","size_hint":20971520}',
+    b'{"type":"upload_ready","upload":7,"part_bytes":8388608,"slots":2}',
+    b'{"type":"part","slot":0,"length":8388608}',
+    b'{"type":"part_free","slot":0}',
+    b'{"type":"commit"}',
+    b'{"type":"uploaded","url":"s3://bucket/checkpoints/mnist-0003.params","size":20971520,'
+    b'"etag":"\\"e1b4c2d6f0a3b5c7d9e1f3a5b7c9d1e3-3\\""}',
+]
+
+
+def test_the_upload_frames_are_the_golden_file_and_the_documented_bodies() -> None:
+    golden = (GOLDEN / "protocol-v1-upload-frames.bin").read_bytes()
+    assert b"".join(encode(message) for message in UPLOAD_FRAMES) == golden
+    assert split_frames(golden) == UPLOAD_BODIES
+
+
+def test_frame_reader_parses_the_golden_upload_frames_back() -> None:
+    reader = FrameReader()
+    reader.feed((GOLDEN / "protocol-v1-upload-frames.bin").read_bytes())
+    parsed: list[Message] = []
+    while not isinstance(message := reader.next_message(), Sentinel):
+        parsed.append(message)
+    assert parsed == UPLOAD_FRAMES
 
 
 # --- the document itself ------------------------------------------------------------------------------------------

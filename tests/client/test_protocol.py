@@ -19,6 +19,7 @@ from prefetchd_client.protocol import (
     PEER_CLOSED,
     Batch,
     Close,
+    Commit,
     EndOfEpoch,
     Error,
     FrameReader,
@@ -26,9 +27,14 @@ from prefetchd_client.protocol import (
     Message,
     Open,
     Opened,
+    Part,
+    PartFree,
     Release,
     Seek,
     Sentinel,
+    Upload,
+    Uploaded,
+    UploadReady,
     Welcome,
     decode_body,
     encode,
@@ -83,6 +89,12 @@ MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
     Error: st.builds(
         Error, code=texts, message=texts, url=st.none() | texts, offset=st.none() | ints, fatal=st.booleans()
     ),
+    Upload: st.builds(Upload, url=texts, size_hint=st.none() | ints),
+    UploadReady: st.builds(UploadReady, upload=ints, part_bytes=ints, slots=ints),
+    Part: st.builds(Part, slot=ints, length=ints),
+    PartFree: st.builds(PartFree, slot=ints),
+    Commit: st.just(Commit()),
+    Uploaded: st.builds(Uploaded, url=texts, size=ints, etag=texts),
 }
 messages = st.one_of(*MESSAGE_STRATEGIES.values())
 

@@ -234,7 +234,7 @@ def test_hostile_conversations_end_in_an_error_or_a_close_and_the_daemon_serves_
         (frame(b'{"type":"subscribe","topic":"all"}'), "unknown message type 'subscribe'"),
         (frame(b'{"type":"hello","protocol":1}'), "hello frame is incomplete"),
         (frame(b"\xff\xfe"), "not UTF-8"),
-        (HELLO + encode(Release(0, 1)), "expected an open frame after the handshake, got release"),
+        (HELLO + encode(Release(0, 1)), "expected an open or upload frame after the handshake, got release"),
         (HELLO + frame(b'{"type":"open","format":"idx","sources":{},"batch_size":1,"colour":"red"}'), "unknown fields"),
     ],
 )

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -23,6 +26,7 @@ import mxnet as mx
 import numpy as np
 from numpy.typing import NDArray
 
+from .. import files
 from ..iterator import DEFAULT_TIMEOUT_S, Batch, BatchIterator, idx_iter, recordio_iter
 
 log = logging.getLogger("prefetchd_client")
@@ -303,3 +307,70 @@ class ImageRecordIter(StreamDataIter):
         super().__init__(stream, data_name=data_name, label_name=label_name)
         if verbose:
             log_like_mxnet(f"ImageRecordIOParser2: {path_imgrec}, use {preprocess_threads} threads for decoding..")
+
+
+def save_checkpoint(
+    module_or_block: Any,
+    prefix_url: str,
+    epoch: int,
+    *,
+    save_optimizer_states: bool = False,
+    socket_path: str | os.PathLike[str] | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> list[str]:
+    """Write MXNet's checkpoint files, `prefix-symbol.json` and `prefix-%04d.params`, to s3:// through the daemon.
+
+    A Module is saved as `Module.save_checkpoint` saves it, a Gluon HybridBlock as `HybridBlock.export` does
+    (hybridized and run once; the same two files, parameters keyed `arg:`/`aux:`), so `load_checkpoint` and
+    MXNet's own `mx.model.load_checkpoint` read either. MXNet writes them to a private temporary directory
+    first; each is then one upload that appears whole or not at all. Returns the URLs written.
+    """
+    suffixes = ["-symbol.json", f"-{epoch:04d}.params"]
+    with tempfile.TemporaryDirectory(prefix="prefetchd-checkpoint-") as directory:
+        local = os.path.join(directory, "checkpoint")
+        if isinstance(module_or_block, mx.gluon.HybridBlock):
+            module_or_block.export(local, epoch)
+        elif isinstance(module_or_block, mx.mod.BaseModule):
+            module_or_block.save_checkpoint(local, epoch, save_optimizer_states=save_optimizer_states)
+            if save_optimizer_states:
+                suffixes.append(f"-{epoch:04d}.states")
+        else:
+            raise TypeError(f"save_checkpoint takes an mx.mod.Module or a Gluon HybridBlock, not {module_or_block!r}")
+        for suffix in suffixes:
+            path = local + suffix
+            with (
+                open(path, "rb") as source,
+                files.open(
+                    prefix_url + suffix,
+                    "wb",
+                    size_hint=os.path.getsize(path),
+                    socket_path=socket_path,
+                    timeout_s=timeout_s,
+                ) as target,
+            ):
+                shutil.copyfileobj(source, target, files.READ_BATCH_BYTES)
+    return [prefix_url + suffix for suffix in suffixes]
+
+
+def load_checkpoint(
+    prefix_url: str,
+    epoch: int,
+    *,
+    socket_path: str | os.PathLike[str] | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """`(symbol, arg_params, aux_params)` of a checkpoint in s3://, as `mx.model.load_checkpoint` returns them.
+
+    Give them to `Module.set_params` (or `Module.fit(arg_params=..., aux_params=...)`) to resume training, or
+    the files' URLs to `mx.gluon.SymbolBlock.imports` after downloading.
+    """
+
+    def read(suffix: str) -> bytes:
+        with files.open(prefix_url + suffix, "rb", socket_path=socket_path, timeout_s=timeout_s) as source:
+            return source.readall()
+
+    symbol = mx.sym.load_json(read("-symbol.json").decode("utf-8"))
+    saved = mx.nd.load_frombuffer(read(f"-{epoch:04d}.params"))
+    arg_params = {name[4:]: value for name, value in saved.items() if name.startswith("arg:")}
+    aux_params = {name[4:]: value for name, value in saved.items() if name.startswith("aux:")}
+    return symbol, arg_params, aux_params

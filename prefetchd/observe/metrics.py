@@ -65,6 +65,11 @@ def _streams(snap: DaemonSnapshot) -> Iterator[Metric]:
         "Time spent filling ring slots (waiting on fetches, decoding)",
         value=done.fill_s + sum(s.fill_s for s in live),
     )
+    yield CounterMetricFamily(
+        "prefetchd_decode_seconds",
+        "Time spent decoding batches whose bytes had arrived (IDX scaling, JPEG decode in the workers)",
+        value=done.decode_s + sum(s.decode_s for s in live),
+    )
     batches = CounterMetricFamily(
         "prefetchd_stream_batches", "Batches handed to this stream's trainer", labels=STREAM_LABELS
     )
@@ -76,6 +81,9 @@ def _streams(snap: DaemonSnapshot) -> Iterator[Metric]:
     )
     fills = CounterMetricFamily(
         "prefetchd_stream_fill_seconds", "Time filling this stream's slots", labels=STREAM_LABELS
+    )
+    decodes = CounterMetricFamily(
+        "prefetchd_stream_decode_seconds", "Time decoding this stream's batches", labels=STREAM_LABELS
     )
     epochs = GaugeMetricFamily("prefetchd_stream_epoch", "The epoch this stream is filling", labels=STREAM_LABELS)
     slots = GaugeMetricFamily(
@@ -90,6 +98,7 @@ def _streams(snap: DaemonSnapshot) -> Iterator[Metric]:
         sent.add_metric(labels, stream.bytes_sent)
         waits.add_metric(labels, stream.trainer_wait_s)
         fills.add_metric(labels, stream.fill_s)
+        decodes.add_metric(labels, stream.decode_s)
         epochs.add_metric(labels, stream.epoch)
         for state, count in (
             ("free", stream.ring_free),
@@ -97,7 +106,7 @@ def _streams(snap: DaemonSnapshot) -> Iterator[Metric]:
             ("ready", stream.ring_ready),
         ):
             slots.add_metric([*labels, state], count)
-    yield from (batches, sent, waits, fills, epochs, slots)
+    yield from (batches, sent, waits, fills, decodes, epochs, slots)
 
 
 def _labels(stream: StreamSnapshot) -> list[str]:

@@ -29,6 +29,7 @@ class StreamSnapshot:
     trainer_wait_s: float  # how long the trainer waited for a batch that was not ready (its stall)
     fill_s: float  # time spent filling slots: fetch waits and decode
     bytes_sent: int = 0  # array bytes of the batches handed over (valid records only): `prefetchd status`'s MB/s
+    decode_s: float = 0.0  # decoding batches whose bytes had arrived (IDX scaling; JPEG workers, staging included)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,7 @@ class FinishedStreams:
     trainer_wait_s: float = 0.0
     fill_s: float = 0.0
     bytes_sent: int = 0
+    decode_s: float = 0.0
 
     def plus(self, stream: StreamSnapshot) -> FinishedStreams:
         return FinishedStreams(
@@ -48,6 +50,7 @@ class FinishedStreams:
             self.trainer_wait_s + stream.trainer_wait_s,
             self.fill_s + stream.fill_s,
             self.bytes_sent + stream.bytes_sent,
+            self.decode_s + stream.decode_s,
         )
 
 

@@ -60,6 +60,7 @@ class EpochFill(Protocol):
 class Reader(Protocol):
     shape: ReaderShape
     fill_depth: int  # batches filled at once: more than one keeps worker processes busy between batches
+    decode_s: float  # time spent decoding batches whose bytes had arrived, for the metrics
 
     async def attach(self, segment_id: int, segment: Segment) -> None:
         """Called once the stream's ring exists, before it is sealed and sent."""

@@ -52,6 +52,7 @@ class RawReader:
         self.block = request.batch_size
         self._router = router
         self.fill_depth = config.max_concurrency
+        self.decode_s = 0.0  # raw bytes are not decoded
         self.window = self._plan_window(config, ttfb_s)
         # a small object is cut finer, so that it is still read `max_concurrency` ranges at a time; a batch is
         # read as the pieces the window calls for, so that `max_concurrency` GETs cover the window

@@ -200,6 +200,7 @@ class Stream:
             trainer_wait_s=self._wait_s + waiting,
             fill_s=self._fill_s,
             bytes_sent=self._bytes_sent,
+            decode_s=self.reader.decode_s,
         )
 
     def __repr__(self) -> str:

@@ -60,6 +60,8 @@ def test_streams_and_counters_show_a_run_as_it_happens(
     assert after["prefetchd_streams_opened_total", ()] == before["prefetchd_streams_opened_total", ()] + 1
     moved = after["prefetchd_s3_received_bytes_total", ()] - before["prefetchd_s3_received_bytes_total", ()]
     assert moved >= 10_000 * 784  # the images crossed from S3 at least once (the epoch cache may hold repeats)
+    decoded = after["prefetchd_decode_seconds_total", ()] - before["prefetchd_decode_seconds_total", ()]
+    assert 0 < decoded <= after["prefetchd_fill_seconds_total", ()] - before["prefetchd_fill_seconds_total", ()]
 
 
 def _once_closed(daemon: DaemonProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -28,6 +28,7 @@ def _stream(stream: int, *, batches: int, wait_s: float) -> StreamSnapshot:
         ring_ready=2,
         trainer_wait_s=wait_s,
         fill_s=0.5,
+        decode_s=0.125,
     )
 
 
@@ -58,7 +59,7 @@ def _scrape(snapshot: DaemonSnapshot) -> dict[tuple[str, tuple[tuple[str, str], 
 
 
 def test_totals_add_the_live_streams_to_the_closed_ones_so_they_never_go_down() -> None:
-    finished = FinishedStreams(streams=3, batches_sent=1000, trainer_wait_s=2.0, fill_s=4.0)
+    finished = FinishedStreams(streams=3, batches_sent=1000, trainer_wait_s=2.0, fill_s=4.0, decode_s=1.0)
     snap = DaemonSnapshot(
         "1.0", 77, 2, (_stream(4, batches=10, wait_s=0.25), _stream(5, batches=5, wait_s=0.5)), finished
     )
@@ -68,6 +69,7 @@ def test_totals_add_the_live_streams_to_the_closed_ones_so_they_never_go_down() 
     assert samples["prefetchd_batches_total", ()] == 1015
     assert samples["prefetchd_trainer_wait_seconds_total", ()] == 2.75
     assert samples["prefetchd_fill_seconds_total", ()] == 5.0
+    assert samples["prefetchd_decode_seconds_total", ()] == 1.25
     assert samples["prefetchd_connections", ()] == 2
     assert samples["prefetchd_info", (("version", "1.0"),)] == 1
 

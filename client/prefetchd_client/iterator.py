@@ -123,6 +123,10 @@ class BatchIterator:
         self._release_held()
         if self._epoch_done:
             raise StopIteration
+        if self.opened.batches_per_epoch == 0:  # an empty object's bytes: each epoch ends before it begins
+            self._epoch_done = True
+            self._stats["epochs"] += 1
+            raise StopIteration
         started = time.perf_counter()
         try:
             return self._receive_batch()

@@ -155,7 +155,8 @@ class ControlServer:
             await asyncio.to_thread(check_sources, request.sources.values(), self.config.allowed_prefixes)
         reader = await open_reader(request, self.router, self.config, self.executor, self.pool)
         shape = reader.shape
-        if shape.batches_per_epoch == 0:
+        if shape.batches_per_epoch == 0 and not (request.format == "bytes" and shape.samples_per_epoch == 0):
+            # an empty object read as bytes is empty, not a batch_size too large for the data
             raise InvalidRequest(
                 f"the partition holds {shape.samples_per_epoch} samples, not one whole batch of "
                 f"{request.batch_size}; use a smaller batch_size or last_batch='keep', 'pad' or 'round'"

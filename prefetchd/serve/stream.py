@@ -109,6 +109,8 @@ class Stream:
         while True:
             self._epoch = epoch
             plan = self.reader.plan(epoch)
+            if not plan.batch_count:  # an empty object read as bytes: the client ends its epochs by itself
+                await asyncio.Event().wait()
             async with self.reader.start_epoch(plan, batch) as filling:
                 await self._fill_epoch(filling, plan, batch)
             await self.peer.send(EndOfEpoch(epoch, plan.batch_count))

@@ -41,6 +41,20 @@ def test_opening_a_bytes_stream_is_one_get_that_brings_the_first_batch_too(
     assert (requests_for(s3_server, key, "HEAD"), requests_for(s3_server, key, "GET")) == (0, 1)
 
 
+def test_an_empty_object_is_epochs_of_nothing_and_the_stream_stays_usable(
+    objects: Objects, daemon: DaemonProcess
+) -> None:
+    url = objects.put("empty", b"")
+    with bytes_iter(url, batch_bytes=1 << 18, timeout_s=5, socket_path=daemon.socket_path) as batches:
+        assert (batches.batches_per_epoch, batches.samples_per_epoch) == (0, 0)
+        for _ in range(3):
+            assert list(batches) == []
+        batches.seek(5)  # the daemon still answers on the stream: nothing is stuck behind the empty epochs
+        assert list(batches) == [] and batches.epoch == 5
+    with bytes_iter(url, batch_bytes=1 << 18, socket_path=daemon.socket_path) as batches:
+        assert list(batches) == []
+
+
 def test_shuffled_blocks_and_parts_cover_the_object_once(objects: Objects, daemon: DaemonProcess) -> None:
     url = objects.put("blob", DATA)
     with bytes_iter(url, batch_bytes=100_000, shuffle=True, seed=3, socket_path=daemon.socket_path) as batches:

@@ -69,10 +69,11 @@ def test_bytes_written_read_back_identical(
     stored = s3_server.client().get_object(Bucket=BUCKET, Key=key_of(url))
     assert stored["Body"].read() == data
     assert stored["ETag"].endswith('-3"') == (size == len(BIG))  # the big one went up as a multipart upload
-    if size:  # a bytes stream of an empty object has no batch to serve
-        with prefetchd_client.open(url, "rb", socket_path=daemon.socket_path) as source:
-            assert source.read(10) == data[:10]
-            assert source.read() == data[10:]
+    with prefetchd_client.open(url, "rb", socket_path=daemon.socket_path) as source:
+        assert source.size == size
+        assert source.read(10) == data[:10]
+        assert source.read() == data[10:]
+        assert source.read() == b""  # and the end stays the end
 
 
 def test_an_error_inside_the_with_block_leaves_no_object(

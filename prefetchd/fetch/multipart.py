@@ -31,11 +31,17 @@ class MultipartUpload:
         self.upload_id: str | None = None
         self._etags: dict[int, str] = {}
 
-    async def create(self) -> None:
-        created = await self.source.request(self.url, "create_multipart_upload", Bucket=self.bucket, Key=self.key)
+    async def create(self, metadata: dict[str, str] | None = None) -> None:
+        """Start the upload; `metadata` becomes the object's user metadata (x-amz-meta-*)."""
+        extra = {"Metadata": metadata} if metadata else {}
+        created = await self.source.request(
+            self.url, "create_multipart_upload", Bucket=self.bucket, Key=self.key, **extra
+        )
         self.upload_id = str(created["UploadId"])
 
-    async def send_part(self, number: int, body: bytes) -> None:
+    async def send_part(self, number: int, body: bytes, *, content_md5: str | None = None) -> None:
+        """Send part `number`; with `content_md5` (base64) S3 refuses a body damaged on the way."""
+        extra = {"ContentMD5": content_md5} if content_md5 else {}
         answer = await self.source.request(
             self.url,
             "upload_part",
@@ -44,6 +50,7 @@ class MultipartUpload:
             UploadId=self.upload_id,
             PartNumber=number,
             Body=body,
+            **extra,
         )
         self._etags[number] = str(answer["ETag"])
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from prefetchd_client.errors import ObjectChanged
 
+from ..fetch.multipart import MultipartUpload
 from ..fetch.s3 import S3Source
 from .progress import Advance
 from .sync import SHA256_METADATA, LocalFile, part_ranges
@@ -57,68 +58,32 @@ class Uploader:
         self._advance(file.size)
 
     async def _multipart(self, file: LocalFile) -> None:
-        url = self._url(file)
-        created = await self._source.request(
-            url,
-            "create_multipart_upload",
-            Bucket=self._bucket,
-            Key=file.key,
-            Metadata={SHA256_METADATA: file.sha256},
-        )
-        upload_id = str(created["UploadId"])
+        upload = MultipartUpload(self._source, self._url(file))
+        await upload.create(metadata={SHA256_METADATA: file.sha256})
         try:
-            etags = await self._send_parts(file, upload_id)
-            parts = [{"ETag": etag, "PartNumber": number} for number, etag in enumerate(etags, start=1)]
-            await self._source.request(
-                url,
-                "complete_multipart_upload",
-                Bucket=self._bucket,
-                Key=file.key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-            )
+            await self._send_parts(file, upload)
+            await upload.complete()
         except BaseException:
-            await self._abort(url, file.key, upload_id)
+            await upload.abort()
             raise
 
-    async def _send_parts(self, file: LocalFile, upload_id: str) -> list[str]:
-        """Each part's ETag, in part order; a slot is taken before a part's task starts, so tasks stay few."""
-        ranges = part_ranges(file.size, file.part_bytes)
-        etags = [""] * len(ranges)
+    async def _send_parts(self, file: LocalFile, upload: MultipartUpload) -> None:
+        """A slot is taken before a part's task starts, so tasks stay few."""
 
         async def send(number: int, start: int, length: int) -> None:
             body = await self._read(file, start, length, file.part_md5s[number - 1])
-            answer = await self._source.request(
-                self._url(file),
-                "upload_part",
-                Bucket=self._bucket,
-                Key=file.key,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=body,
-                ContentMD5=_content_md5(file.part_md5s[number - 1]),
-            )
-            etags[number - 1] = str(answer["ETag"])
+            await upload.send_part(number, body, content_md5=_content_md5(file.part_md5s[number - 1]))
             self._advance(length)
 
         try:
             async with asyncio.TaskGroup() as group:
-                for number, (start, length) in enumerate(ranges, start=1):
+                for number, (start, length) in enumerate(part_ranges(file.size, file.part_bytes), start=1):
                     await self._slots.acquire()
                     task = group.create_task(send(number, start, length))
                     task.add_done_callback(lambda _: self._slots.release())  # also for a task cancelled before it ran
         except BaseExceptionGroup as errors:
             error = first_error(errors)
             raise error from error.__cause__
-        return etags
-
-    async def _abort(self, url: str, key: str, upload_id: str) -> None:
-        try:
-            await self._source.request(url, "abort_multipart_upload", Bucket=self._bucket, Key=key, UploadId=upload_id)
-        except Exception as exc:  # the original failure is the one to report; this one is logged
-            log.warning(
-                "%s: could not abort multipart upload %s (%s); its parts stay until aborted", url, upload_id, exc
-            )
 
     async def _read(self, file: LocalFile, start: int, length: int, md5: bytes) -> bytes:
         body = await asyncio.to_thread(_pread, file.path, start, length)

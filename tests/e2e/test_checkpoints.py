@@ -235,3 +235,36 @@ def test_a_checkpoint_saved_to_s3_loads_back_bit_identical_and_resumes_training(
     resumed.set_params(arg_params, aux_params)
     resumed.init_optimizer(optimizer="sgd", optimizer_params={"learning_rate": 0.1})
     assert np.isfinite(train(mx, resumed, batches, 5))
+
+
+@pytest.mark.mxnet
+def test_a_gluon_block_saved_to_s3_loads_back_and_predicts_as_it_did(
+    objects: Objects, daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    mx = pytest.importorskip("mxnet")
+    mx.random.seed(4)
+    net = mx.gluon.nn.HybridSequential()
+    net.add(mx.gluon.nn.Dense(16, activation="relu"), mx.gluon.nn.BatchNorm(), mx.gluon.nn.Dense(10))
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    x = mx.nd.array(np.random.default_rng(2).standard_normal((8, 20)))
+    with mx.autograd.record():  # one training step, so BatchNorm's running statistics (aux) are not their init
+        loss = net(x).sum()
+    loss.backward()
+    expected = net(x).asnumpy()
+    prefix = url_for(objects, "gluon")
+    written = prefetchd_client.save_checkpoint(net, prefix, 7, socket_path=daemon.socket_path)
+    assert written == [prefix + "-symbol.json", prefix + "-0007.params"]
+
+    symbol, arg_params, aux_params = prefetchd_client.load_checkpoint(prefix, 7, socket_path=daemon.socket_path)
+    assert aux_params and arg_params  # BatchNorm's moving mean/var are aux, the weights args
+    net.export(str(tmp_path / "local"), 7)  # MXNet's own files for the same block: the reference
+    _, local_args, local_aux = mx.model.load_checkpoint(str(tmp_path / "local"), 7)
+    for loaded, local in ((arg_params, local_args), (aux_params, local_aux)):
+        assert sorted(loaded) == sorted(local)
+        for name in local:
+            assert loaded[name].asnumpy().tobytes() == local[name].asnumpy().tobytes(), name
+
+    restored = mx.gluon.SymbolBlock(symbol, mx.sym.var("data"))
+    restored.collect_params().load_dict({**arg_params, **aux_params}, ignore_extra=False)
+    assert np.array_equal(restored(x).asnumpy(), expected)

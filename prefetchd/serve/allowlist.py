@@ -5,6 +5,9 @@ operator who shares it (`allowed_uids`) can fence it to the datasets it is meant
 the form the sources will read it: `s3://bucket/key` as `parse_s3_url` splits it (no query, no fragment),
 a local path with its symbolic links and `..` resolved. An S3 key with `.` or `..` segments is refused under
 an allowlist: an HTTP client may fold them away and fetch a key outside the prefix that was checked.
+
+Local files are read with the daemon's file permissions, which may be wider than the peer's (a daemon run
+as root for a host's users): without an allowlist, they are served to the daemon's own uid only.
 """
 
 from __future__ import annotations
@@ -49,5 +52,18 @@ def check_sources(
             raise AccessDenied(
                 f"{url}{shown} is outside this daemon's allowed_prefixes ({', '.join(prefixes)}); "
                 "use a dataset under one of them, or ask the daemon's operator to add its prefix",
+                url=url,
+            )
+
+
+def check_local_sources_for(uid: int, urls: Iterable[str], daemon_uid: int | None = None) -> None:
+    """Refuse local files to a peer of another uid when no allowlist says which the daemon may read for it."""
+    if uid == (os.getuid() if daemon_uid is None else daemon_uid):
+        return
+    for url in urls:
+        if scheme_of(url) != "s3":
+            raise AccessDenied(
+                f"{url}: this daemon reads local files for its own uid only (the client is uid {uid}); use an "
+                "s3:// URL, or ask the daemon's operator to list the directory in allowed_prefixes",
                 url=url,
             )

@@ -41,7 +41,7 @@ from ..readers.recordio import RecordIOReader
 from ..redaction import Redactor
 from ..ring.segment import Segment
 from ..ring.writer import RingWriter
-from .allowlist import check_sources
+from .allowlist import check_local_sources_for, check_sources
 from .limits import ClientLimits
 from .peer import PeerConnection, PeerGone
 from .stream import Stream
@@ -153,6 +153,8 @@ class ControlServer:
             raise RemoteProtocolError(f"expected an open or upload frame after the handshake, got {request.TYPE}")
         if self.config.allowed_prefixes:  # local paths are resolved on disk: off the loop
             await asyncio.to_thread(check_sources, request.sources.values(), self.config.allowed_prefixes)
+        else:
+            check_local_sources_for(peer.credentials.uid, request.sources.values())
         reader = await open_reader(request, self.router, self.config, self.executor, self.pool)
         shape = reader.shape
         if shape.batches_per_epoch == 0 and not (request.format == "bytes" and shape.samples_per_epoch == 0):

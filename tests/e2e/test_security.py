@@ -147,6 +147,21 @@ def test_a_peer_of_an_allowed_uid_is_served(shared_daemon: DaemonProcess, object
     )
 
 
+def test_local_files_are_not_read_for_another_uid_without_an_allowlist(
+    shared_daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """The daemon (root here) could read what the peer cannot: without allowed_prefixes it does not try."""
+    tmp_path.chmod(0o700)
+    (tmp_path / "images").write_bytes(idx_bytes(IMAGES))
+    (tmp_path / "labels").write_bytes(idx_bytes(LABELS))
+    image, label = str(tmp_path / "images"), str(tmp_path / "labels")
+    answer = as_user(
+        ALLOWED_UID, lambda: one_epoch(shared_daemon.socket_path, image, label, autostart=False, timeout_s=20)
+    )
+    assert answer.startswith("AccessDenied") and "local files for its own uid only" in answer and image in answer
+    assert one_epoch(shared_daemon.socket_path, image, label) == 20  # its own uid is served the same files
+
+
 # --- credentials ----------------------------------------------------------------------------------------------
 
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCY-prefetchd-test-secret"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prefetchd.serve.allowlist import allowed_name, check_sources
+from prefetchd.serve.allowlist import allowed_name, check_local_sources_for, check_sources
 from prefetchd_client.errors import AccessDenied
 
 PREFIXES = ("s3://data/train/", "/srv/datasets/")
@@ -65,3 +65,11 @@ def test_a_url_the_sources_would_refuse_is_refused_as_not_allowed() -> None:
 
 def test_no_prefixes_means_no_limit() -> None:
     check_sources(["s3://anything/at/all", "gs://even/this"], ())
+
+
+def test_local_files_are_read_for_the_daemons_own_uid_only_and_s3_for_anyone() -> None:
+    check_local_sources_for(1000, ["/srv/datasets/a", "file:///srv/b"], daemon_uid=1000)
+    check_local_sources_for(1001, ["s3://data/train/a"], daemon_uid=1000)
+    with pytest.raises(AccessDenied, match="uid 1001") as refused:
+        check_local_sources_for(1001, ["s3://data/train/a", "file:///srv/b"], daemon_uid=1000)
+    assert refused.value.url == "file:///srv/b"

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import gc
 import logging
 import mmap
 import os
-import time
 
 log = logging.getLogger("prefetchd.ring.segment")
 
@@ -34,10 +32,6 @@ def _seal(fd: int) -> None:
             raise
         log.warning("this kernel has no F_SEAL_FUTURE_WRITE (Linux < 5.1): clients could map the ring writable")
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SIZE_SEALS | fcntl.F_SEAL_SEAL)
-
-
-def _ms_since(started: float) -> float:
-    return (time.perf_counter() - started) * 1000
 
 
 class Segment:
@@ -75,17 +69,11 @@ class Segment:
         os.close(self.fd)
         if self._unmap():
             return
-        # A fill cancelled mid-batch leaves its slot's arrays in a reference cycle (the task's CancelledError,
-        # its traceback, the frame holding them: asyncio's TaskGroup makes such cycles), and a mapping that
-        # is still exported keeps mmap's own duplicate of the descriptor. Left to the collector, rings of
-        # closed streams stayed for seconds; the young generations hold the cycle, so try those first.
-        started = time.perf_counter()
-        for generation in (1, 2):
-            gc.collect(generation)
-            if self._unmap():
-                log.debug("ring unmapped after a generation-%d collection (%.1f ms)", generation, _ms_since(started))
-                return
-        log.warning("a ring of %d bytes is still viewed in the daemon; its memory goes with the last view", self.size)
+        # Something still views it: a read cancelled with the stream that has not let go yet (a worker thread's
+        # pread, a connection's protocol until its transport closes). The mapping, and mmap's duplicate of the
+        # descriptor, go with the last view; nobody waits. Views kept in reference cycles would stay until a
+        # collection: serve/stream.py releases the frames of cancelled fills so that none are.
+        log.debug("a ring of %d bytes is still viewed in the daemon; its memory goes with the last view", self.size)
 
     def _unmap(self) -> bool:
         """Release our view and the mapping; False while some array or slice still refers to it."""

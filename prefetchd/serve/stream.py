@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -104,6 +105,9 @@ class Stream:
             await self._produce_epochs(epoch, batch)
         except PeerGone:
             pass  # the receiver sees the EOF and ends the stream
+        except BaseException as exc:
+            release_frames(exc)
+            raise
 
     async def _produce_epochs(self, epoch: int, batch: int) -> None:
         while True:
@@ -144,6 +148,10 @@ class Stream:
         started = time.monotonic()
         try:
             return await filling.fill(spec, out)
+        except BaseException as exc:
+            del out
+            release_frames(exc)
+            raise
         finally:
             self._fill_s += time.monotonic() - started
 
@@ -237,3 +245,13 @@ async def wait_for_exit(pid: int) -> bool:
 def _settle(future: asyncio.Future[Any], value: Any) -> None:
     if not future.done():
         future.set_result(value)
+
+
+def release_frames(error: BaseException) -> None:
+    """Drop the locals of the frames `error` went through: they have run, and they hold views of ring slots.
+
+    A task keeps the exception it ended with, and the traceback keeps every frame's locals: the task group
+    (whose parent is the task: a cycle), the slot arrays, the buffers the fetches wrote into. Left there, a
+    closed stream's ring could not be unmapped without a full collection, which holds the loop.
+    """
+    traceback.clear_frames(error.__traceback__)

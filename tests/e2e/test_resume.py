@@ -1,0 +1,191 @@
+"""Mid-epoch resume: a trainer or a daemon SIGKILLed at random batches, and the batches go on as if it never was.
+
+The reference is one uninterrupted run of two epochs, shuffled, each batch digested (epoch, number, pad and
+the bytes of its indices, labels and pixels). The interrupted runs restart from the state the trainer saved
+after its last batch and must give the same digests, in order: no batch lost, repeated or different.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from prefetchd.testing.daemon_process import DaemonProcess
+from prefetchd.testing.embedded_s3 import EmbeddedS3
+from prefetchd_client import DaemonUnavailable
+from tests.conftest import Objects
+from tests.e2e.resume_trainer import batch_digest, open_iterator, train
+
+ROOT = Path(__file__).resolve().parents[2]
+# a small fetch budget makes the shuffle windowed (several windows per partition), two decode workers make
+# the crops and mirrors of a batch come from two processes
+DAEMON_ARGS = ("--chunk-size", "1MiB", "--budget", "4MiB", "--decode-processes", "2")
+
+
+@pytest.fixture
+def restartable_daemon(s3_server: EmbeddedS3) -> Iterator[DaemonProcess]:
+    with DaemonProcess(env=s3_server.environment(), args=DAEMON_ARGS) as process:
+        yield process
+
+
+def _idx_plan(urls: dict[str, str]) -> dict[str, Any]:
+    # part 1 of 2 (5000 images), 40 batches an epoch, the last one padded
+    args = {
+        "image": urls["t10k-images-idx3-ubyte"],
+        "label": urls["t10k-labels-idx1-ubyte"],
+        "batch_size": 128,
+        "shuffle": True,
+        "seed": 3,
+        "num_parts": 2,
+        "part_index": 1,
+        "last_batch": "pad",
+    }
+    return {"kind": "idx", "args": args, "total": 80}
+
+
+def _recordio_plan(tmp_path: Path, objects: Objects) -> dict[str, Any]:
+    from prefetchd.testing.image_records import images, write_rec
+
+    pictures = list(images(45, np.random.default_rng(2), [(20, 20), (24, 30)]))
+    files = write_rec(tmp_path / "resume.rec", pictures, [float(i % 5) for i in range(45)])
+    args = {
+        "rec": objects.put("resume.rec", files.rec.read_bytes()),
+        "idx": objects.put("resume.idx", files.idx.read_bytes()),
+        "batch_size": 4,
+        "data_shape": [3, 16, 16],
+        "shuffle": True,
+        "seed": 5,
+        "rand_crop": True,
+        "rand_mirror": True,
+        "last_batch": "round",  # ImageRecordIter's round_batch: each epoch starts after what the last one borrowed
+        "preprocess_threads": 1,
+    }
+    return {"kind": "recordio", "args": args, "total": 24}
+
+
+def _reference(plan: dict[str, Any], daemon: DaemonProcess, tmp_path: Path) -> list[str]:
+    """The uninterrupted run's digests (in this process, with the trainer's own loop)."""
+    checkpoint = tmp_path / "reference.json"
+    train({**plan, "socket": str(daemon.socket_path), "checkpoint": str(checkpoint)})
+    seen: list[str] = json.loads(checkpoint.read_text())["seen"]
+    assert len(seen) == plan["total"] and len(set(seen)) == len(seen)
+    assert len({digest.split(":")[0] for digest in seen}) >= 2, "the run spans two epochs"
+    return seen
+
+
+def _mid_epoch_points(reference: list[str], count: int, seed: int) -> list[int]:
+    """`count` batch counts, chosen at random, after which the next batch is in the same epoch."""
+    epoch = [digest.split(":")[0] for digest in reference]
+    inside = [k for k in range(1, len(reference)) if epoch[k - 1] == epoch[k]]
+    return sorted(random.Random(seed).sample(inside, count))
+
+
+def _run_trainer(plan_path: Path, *, expect: str) -> None:
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "tests.e2e.resume_trainer", str(plan_path)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert trainer.stdout is not None and trainer.stdin is not None
+    try:
+        assert trainer.stdout.readline() == f"{expect}\n"
+    finally:
+        trainer.kill()  # SIGKILL: no cleanup of any kind, as an OOM kill or a preempted node
+        trainer.wait()
+        trainer.stdout.close()
+        trainer.stdin.close()
+
+
+def _killed_trainers(plan: dict[str, Any], daemon: DaemonProcess, tmp_path: Path, kill_at: list[int]) -> list[str]:
+    """Run the trainer as a process, SIGKILLed after each of `kill_at` batches and restarted from its checkpoint."""
+    checkpoint = tmp_path / "trainer.json"
+    for pause in [*kill_at, None]:
+        plan_path = tmp_path / "plan.json"
+        plan_path.write_text(
+            json.dumps({**plan, "socket": str(daemon.socket_path), "checkpoint": str(checkpoint), "pause_after": pause})
+        )
+        _run_trainer(plan_path, expect="done" if pause is None else "paused")
+        saved = json.loads(checkpoint.read_text())
+        if pause is not None:
+            assert len(saved["seen"]) == pause
+            assert saved["iterator"]["batch"] > 0, "killed mid-epoch"
+    seen: list[str] = json.loads(checkpoint.read_text())["seen"]
+    return seen
+
+
+def _killed_daemons(plan: dict[str, Any], daemon: DaemonProcess, kill_at: list[int]) -> tuple[list[str], int]:
+    """Read in this process; SIGKILL the daemon after each of `kill_at` batches, start a new one and resume.
+
+    Batches already in the ring still arrive after the kill; each is kept with the state saved after it, as a
+    trainer would, until the iterator raises `DaemonUnavailable`. Returns the digests and the daemons used.
+    """
+    plan = {**plan, "socket": str(daemon.socket_path)}
+    seen: list[str] = []
+    state: str | None = None  # as saved on disk: JSON text
+    daemons = 1
+    for kill in [*kill_at, None]:
+        with open_iterator(plan) as batches:
+            if state is not None:
+                batches.load_state_dict(json.loads(state))
+            while len(seen) < plan["total"]:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    batches.reset()
+                    continue
+                except DaemonUnavailable:
+                    break
+                seen.append(batch_digest(batch))
+                state = json.dumps(batches.state_dict())
+                if len(seen) == kill:
+                    daemon.stop(signal.SIGKILL)
+        if kill is not None:
+            assert json.loads(state or "{}")["batch"] > 0, "the daemon died mid-epoch"
+            daemon.start()  # a new daemon on the same socket: nothing of the old one's streams survives
+            daemons += 1
+    return seen, daemons
+
+
+def test_idx_resumes_exactly_after_the_trainer_is_killed(
+    restartable_daemon: DaemonProcess, fashion_urls: dict[str, str], tmp_path: Path
+) -> None:
+    plan = _idx_plan(fashion_urls)
+    reference = _reference(plan, restartable_daemon, tmp_path)
+    kill_at = _mid_epoch_points(reference, 2, seed=1)
+    assert _killed_trainers(plan, restartable_daemon, tmp_path, kill_at) == reference
+
+
+def test_idx_resumes_exactly_after_the_daemon_is_killed(
+    restartable_daemon: DaemonProcess, fashion_urls: dict[str, str], tmp_path: Path
+) -> None:
+    plan = _idx_plan(fashion_urls)
+    reference = _reference(plan, restartable_daemon, tmp_path)
+    kill_at = _mid_epoch_points(reference, 2, seed=2)
+    seen, daemons = _killed_daemons(plan, restartable_daemon, kill_at)
+    assert daemons == 3
+    assert seen == reference
+
+
+@pytest.mark.mxnet  # the .rec is written by MXNet's own writer
+def test_recordio_with_random_crops_resumes_exactly_after_trainer_and_daemon_are_killed(
+    restartable_daemon: DaemonProcess, objects: Objects, tmp_path: Path
+) -> None:
+    plan = _recordio_plan(tmp_path, objects)
+    reference = _reference(plan, restartable_daemon, tmp_path)
+    # the interrupted runs decode on both workers, the reference on one: the crops must not depend on which
+    plan["args"]["preprocess_threads"] = 0
+    assert _killed_trainers(plan, restartable_daemon, tmp_path, _mid_epoch_points(reference, 2, seed=3)) == reference
+    seen, daemons = _killed_daemons(plan, restartable_daemon, _mid_epoch_points(reference, 1, seed=4))
+    assert daemons == 2
+    assert seen == reference

@@ -21,7 +21,7 @@ import pytest
 
 from prefetchd.testing.daemon_process import DaemonProcess
 from prefetchd.testing.embedded_s3 import EmbeddedS3
-from prefetchd_client import DaemonUnavailable
+from prefetchd_client import DaemonUnavailable, IncompatibleState, bytes_iter
 from tests.conftest import Objects
 from tests.e2e.resume_trainer import batch_digest, open_iterator, train
 
@@ -189,3 +189,59 @@ def test_recordio_with_random_crops_resumes_exactly_after_trainer_and_daemon_are
     seen, daemons = _killed_daemons(plan, restartable_daemon, _mid_epoch_points(reference, 1, seed=4))
     assert daemons == 2
     assert seen == reference
+
+
+def test_loading_an_earlier_state_goes_back_to_it(daemon: DaemonProcess, fashion_urls: dict[str, str]) -> None:
+    """Batches already sent for later positions are in flight: going back must not take them for the new ones."""
+    plan = {**_idx_plan(fashion_urls), "socket": str(daemon.socket_path)}
+    with open_iterator(plan) as batches:
+        first = [batch_digest(next(batches)) for _ in range(5)]
+        state = batches.state_dict()
+        later = [batch_digest(next(batches)) for _ in range(30)]
+        batches.load_state_dict(state)
+        assert [batch_digest(next(batches)) for _ in range(30)] == later
+        batches.load_state_dict({**state, "batch": 1})
+        assert batch_digest(next(batches)) == first[1]
+
+
+def test_the_state_after_an_epoch_starts_the_next(daemon: DaemonProcess, fashion_urls: dict[str, str]) -> None:
+    plan = {**_idx_plan(fashion_urls), "socket": str(daemon.socket_path)}
+    with open_iterator(plan) as batches:
+        count = sum(1 for _ in batches)
+        ended = batches.state_dict()  # StopIteration seen: the next batch is the next epoch's first
+        second = batch_digest(next(iter(batches)))
+    assert (ended["epoch"], ended["batch"]) == (1, 0) and count == 40
+    with open_iterator(plan) as batches:
+        batches.load_state_dict(ended)
+        assert batch_digest(next(batches)) == second
+
+
+def test_a_state_of_an_overwritten_object_is_refused(daemon: DaemonProcess, objects: Objects) -> None:
+    from tests.helpers import idx_bytes
+
+    pictures = np.arange(20 * 28 * 28, dtype=np.uint8).reshape(20, 28, 28)
+    image = objects.put("images", idx_bytes(pictures))
+    label = objects.put("labels", idx_bytes(np.arange(20, dtype=np.uint8)))
+    plan = {"kind": "idx", "args": {"image": image, "label": label, "batch_size": 4, "shuffle": True}}
+    plan["socket"] = str(daemon.socket_path)
+    with open_iterator(plan) as batches:
+        next(batches)
+        state = batches.state_dict()
+    objects.put("images", idx_bytes(pictures[::-1].copy()))  # same size, other bytes: a new ETag
+    with open_iterator(plan) as batches, pytest.raises(IncompatibleState) as raised:
+        batches.load_state_dict(state)
+    assert f"{image} changed since the state was saved" in str(raised.value)
+
+
+def test_a_bytes_stream_resumes_too(daemon: DaemonProcess, fashion_urls: dict[str, str]) -> None:
+    url = fashion_urls["t10k-labels-idx1-ubyte"]
+    options = {"batch_bytes": 1000, "shuffle": True, "seed": 2, "socket_path": daemon.socket_path}
+    with bytes_iter(url, **options) as blocks:  # type: ignore[arg-type]
+        for _ in range(3):
+            next(blocks)
+        state = blocks.state_dict()
+        following = [(int(b.index[0]), b.data.tobytes()) for b in blocks]
+    with bytes_iter(url, **options) as blocks:  # type: ignore[arg-type]
+        blocks.load_state_dict(state)
+        assert [(int(b.index[0]), b.data.tobytes()) for b in blocks] == following
+    assert len(following) == 8  # 10008 bytes: 11 blocks, 3 taken before the state

@@ -260,11 +260,27 @@ class BatchIterator:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue where `state_dict()` was taken; `IncompatibleState` if it belongs to another stream."""
         self._check_usable()
-        epoch, batch = check_state(state, self._identity)
-        if (epoch, batch) != self._sent_from():
-            self.seek(epoch, batch)
+        point = check_state(state, self._identity)
+        if point.shuffle_window != self._identity["shuffle_window"]:
+            self._pin_shuffle_window(point.shuffle_window, point.epoch, point.batch)
+        elif (point.epoch, point.batch) != self._sent_from():
+            self.seek(point.epoch, point.batch)
         elif self._epoch_done:
             self.reset()  # the state says the next epoch's first batch: so does the iterator, without a seek
+
+    def _pin_shuffle_window(self, window: int, epoch: int, batch: int) -> None:
+        """Reopen at (epoch, batch) with the saved stream's shuffle window: this daemon chose another one."""
+        self._release_held()
+        request, identity = self.request, self._identity
+        self.request = dataclasses.replace(request, shuffle_window=window)
+        self._identity = {**identity, "shuffle_window": window}
+        try:
+            self._reopen(epoch, batch)
+        except BaseException:
+            if self._broken is None:  # the daemon refused the window: the stream open until now goes on
+                self.request, self._identity = request, identity
+            raise
+        self._epoch, self._next_seq, self._epoch_done = epoch, batch, False
 
     def statistics(self) -> IteratorStatistics:
         return IteratorStatistics(self._stats["batches"], self._stats["epochs"], self._wait_s, self._stats["stale"])

@@ -13,6 +13,7 @@ epoch's batch count: the next `next()` then ends the epoch (StopIteration), as i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import IncompatibleState
@@ -44,6 +45,8 @@ def stream_identity(request: Open, opened: Opened) -> dict[str, Any]:
         "decode": {k: v for k, v in sorted(request.decode.items()) if k not in _DECODE_FREE},
         "batches_per_epoch": opened.batches_per_epoch,
         "samples_per_epoch": opened.samples_per_epoch,
+        # the daemon's choice, from its budget: a stream resumed through another daemon pins it (see check_state)
+        "shuffle_window": opened.shuffle_window,
     }
 
 
@@ -52,8 +55,17 @@ def make_state(identity: dict[str, Any], epoch: int, batch: int) -> dict[str, An
     return {"kind": STATE_KIND, "version": STATE_VERSION, "epoch": epoch, "batch": batch, "stream": identity}
 
 
-def check_state(state: object, identity: dict[str, Any]) -> tuple[int, int]:
-    """The (epoch, batch) to resume at, if `state` was saved by a stream with this `identity`.
+@dataclass(frozen=True, slots=True)
+class ResumePoint:
+    """Where a loaded state resumes, and the shuffle window its stream must use to give the same order."""
+
+    epoch: int
+    batch: int
+    shuffle_window: int  # differs from the live stream's when its daemon chose another (another --budget)
+
+
+def check_state(state: object, identity: dict[str, Any]) -> ResumePoint:
+    """Where to resume, if `state` was saved by a stream with this `identity` (the shuffle window aside).
 
     Raises `IncompatibleState` naming the kind, version, position or every setting that differs.
     """
@@ -72,7 +84,10 @@ def check_state(state: object, identity: dict[str, Any]) -> tuple[int, int]:
     saved = state.get("stream")
     if not isinstance(saved, dict):
         raise IncompatibleState("iterator state has no 'stream' settings to check it against")
-    found = differences(saved, identity)
+    window = saved.get("shuffle_window")
+    if not _is_count(window):
+        raise IncompatibleState(f"iterator state has no valid shuffle_window: {_shown(window)}")
+    found = differences(saved, {**identity, "shuffle_window": window})
     if found:
         raise IncompatibleState(
             "this iterator state belongs to another stream: " + "; ".join(found) + ". Open the iterator "
@@ -85,7 +100,7 @@ def check_state(state: object, identity: dict[str, Any]) -> tuple[int, int]:
             f"iterator state position epoch={_shown(epoch)} batch={_shown(batch)} is not in the stream "
             f"(epochs from 0, batches 0 to {batches})"
         )
-    return epoch, batch  # type: ignore[return-value]
+    return ResumePoint(epoch, batch, window)  # type: ignore[arg-type]
 
 
 def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

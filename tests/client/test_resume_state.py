@@ -10,7 +10,7 @@ import pytest
 
 from prefetchd_client import IncompatibleState, PrefetchdError
 from prefetchd_client.protocol import Open, Opened
-from prefetchd_client.resume import STATE_VERSION, check_state, make_state, stream_identity
+from prefetchd_client.resume import STATE_VERSION, ResumePoint, check_state, make_state, stream_identity
 
 IMAGES = "s3://bucket/train-images-idx3-ubyte"
 LABELS = "s3://bucket/train-labels-idx1-ubyte"
@@ -32,16 +32,17 @@ def _open(**changes: Any) -> Open:
     return Open(**fields)
 
 
-def _opened(image_etag: str = '"aaa"', image_size: int = 47040016, batches: int = 300) -> Opened:
+def _opened(image_etag: str = '"aaa"', image_size: int = 47040016, window: int = 12000) -> Opened:
     return Opened(
         stream=1,
         segment_bytes=1 << 20,
-        batches_per_epoch=batches,
+        batches_per_epoch=300,
         samples_per_epoch=30000,
         objects={
             "image": {"url": IMAGES, "size": image_size, "version": image_etag},
             "label": {"url": LABELS, "size": 60008, "version": '"bbb"'},
         },
+        shuffle_window=window,
     )
 
 
@@ -53,7 +54,7 @@ def test_a_state_survives_json_and_gives_back_its_position() -> None:
     state = _state(epoch=3, batch=41)
     assert json.loads(json.dumps(state)) == state
     assert state["version"] == STATE_VERSION
-    assert check_state(json.loads(json.dumps(state)), stream_identity(_open(), _opened())) == (3, 41)
+    assert check_state(json.loads(json.dumps(state)), stream_identity(_open(), _opened())) == ResumePoint(3, 41, 12000)
 
 
 def test_a_state_is_small() -> None:
@@ -104,7 +105,8 @@ def test_an_object_of_another_size_is_refused() -> None:
 def test_decode_workers_may_differ() -> None:
     """preprocess_threads changes no pixel: crops are drawn per record, whatever worker decodes it."""
     saved = _state(decode={"flat": False, "dtype": "float32", "preprocess_threads": 4})
-    assert check_state(saved, stream_identity(_open(decode={"flat": False, "dtype": "float32"}), _opened())) == (3, 41)
+    live = stream_identity(_open(decode={"flat": False, "dtype": "float32"}), _opened())
+    assert check_state(saved, live) == ResumePoint(3, 41, 12000)
 
 
 def test_a_newer_state_version_asks_for_an_upgrade() -> None:
@@ -144,7 +146,7 @@ def test_a_position_outside_the_stream_is_refused(epoch: object, batch: object) 
 
 def test_the_end_of_an_epoch_is_a_position() -> None:
     """After the epoch's last batch, before StopIteration: the next `next()` ends the epoch."""
-    assert check_state(_state(epoch=0, batch=300), stream_identity(_open(), _opened())) == (0, 300)
+    assert check_state(_state(epoch=0, batch=300), stream_identity(_open(), _opened())) == ResumePoint(0, 300, 12000)
 
 
 def test_the_error_is_a_prefetchd_error() -> None:
@@ -152,3 +154,17 @@ def test_the_error_is_a_prefetchd_error() -> None:
     saved = copy.deepcopy(_state())
     with pytest.raises(PrefetchdError):
         check_state(saved, stream_identity(_open(seed=0), _opened()))
+
+
+def test_a_shuffle_window_chosen_by_another_daemon_is_given_back_to_pin() -> None:
+    """The one setting the daemon picks (from its budget): the stream is reopened with the saved one."""
+    point = check_state(_state(), stream_identity(_open(), _opened(window=60000)))
+    assert point == ResumePoint(3, 41, 12000)
+
+
+@pytest.mark.parametrize("window", [None, -1, "12000", 1.5])
+def test_a_state_without_a_valid_shuffle_window_is_refused(window: object) -> None:
+    state = _state()
+    state["stream"]["shuffle_window"] = window
+    with pytest.raises(IncompatibleState, match="no valid shuffle_window"):
+        check_state(state, stream_identity(_open(), _opened()))

@@ -124,11 +124,14 @@ def _killed_trainers(plan: dict[str, Any], daemon: DaemonProcess, tmp_path: Path
     return seen
 
 
-def _killed_daemons(plan: dict[str, Any], daemon: DaemonProcess, kill_at: list[int]) -> tuple[list[str], int]:
+def _killed_daemons(
+    plan: dict[str, Any], daemon: DaemonProcess, kill_at: list[int], restart_args: list[tuple[str, ...]]
+) -> tuple[list[str], int]:
     """Read in this process; SIGKILL the daemon after each of `kill_at` batches, start a new one and resume.
 
     Batches already in the ring still arrive after the kill; each is kept with the state saved after it, as a
-    trainer would, until the iterator raises `DaemonUnavailable`. Returns the digests and the daemons used.
+    trainer would, until the iterator raises `DaemonUnavailable`. The new daemons take `restart_args` in turn.
+    Returns the digests and the daemons used.
     """
     plan = {**plan, "socket": str(daemon.socket_path)}
     seen: list[str] = []
@@ -152,6 +155,7 @@ def _killed_daemons(plan: dict[str, Any], daemon: DaemonProcess, kill_at: list[i
                     daemon.stop(signal.SIGKILL)
         if kill is not None:
             assert json.loads(state or "{}")["batch"] > 0, "the daemon died mid-epoch"
+            daemon.args = restart_args[daemons - 1]
             daemon.start()  # a new daemon on the same socket: nothing of the old one's streams survives
             daemons += 1
     return seen, daemons
@@ -172,9 +176,29 @@ def test_idx_resumes_exactly_after_the_daemon_is_killed(
     plan = _idx_plan(fashion_urls)
     reference = _reference(plan, restartable_daemon, tmp_path)
     kill_at = _mid_epoch_points(reference, 2, seed=2)
-    seen, daemons = _killed_daemons(plan, restartable_daemon, kill_at)
+    # the second daemon has the default budget, whose shuffle window would hold the whole partition: the
+    # resumed stream pins the window its state was saved with, and the order stays the same
+    seen, daemons = _killed_daemons(plan, restartable_daemon, kill_at, [(), DAEMON_ARGS])
     assert daemons == 3
     assert seen == reference
+
+
+def test_the_shuffle_window_is_in_the_state_and_pinned_through_a_daemon_with_another_budget(
+    restartable_daemon: DaemonProcess, fashion_urls: dict[str, str], s3_server: EmbeddedS3
+) -> None:
+    plan = {**_idx_plan(fashion_urls), "socket": str(restartable_daemon.socket_path)}
+    with open_iterator(plan) as batches:
+        next(batches)
+        state = batches.state_dict()
+        following = [batch_digest(next(batches)) for _ in range(3)]
+    assert state["stream"]["shuffle_window"] == 2 * (1 << 20) // 784, "two 1 MiB chunks of records: windowed"
+    with DaemonProcess(env=s3_server.environment()) as other:  # the default 512 MiB budget
+        plan["socket"] = str(other.socket_path)
+        with open_iterator(plan) as batches:
+            assert batches.state_dict()["stream"]["shuffle_window"] == 5000, "its own choice: the whole part"
+            batches.load_state_dict(state)
+            assert [batch_digest(next(batches)) for _ in range(3)] == following
+            assert batches.state_dict()["stream"]["shuffle_window"] == state["stream"]["shuffle_window"]
 
 
 @pytest.mark.mxnet  # the .rec is written by MXNet's own writer
@@ -186,7 +210,7 @@ def test_recordio_with_random_crops_resumes_exactly_after_trainer_and_daemon_are
     # the interrupted runs decode on both workers, the reference on one: the crops must not depend on which
     plan["args"]["preprocess_threads"] = 0
     assert _killed_trainers(plan, restartable_daemon, tmp_path, _mid_epoch_points(reference, 2, seed=3)) == reference
-    seen, daemons = _killed_daemons(plan, restartable_daemon, _mid_epoch_points(reference, 1, seed=4))
+    seen, daemons = _killed_daemons(plan, restartable_daemon, _mid_epoch_points(reference, 1, seed=4), [DAEMON_ARGS])
     assert daemons == 2
     assert seen == reference
 

@@ -31,10 +31,20 @@ ROOT = Path(__file__).resolve().parents[2]
 DAEMON_ARGS = ("--chunk-size", "1MiB", "--budget", "4MiB", "--decode-processes", "2")
 
 
-@pytest.fixture
-def restartable_daemon(s3_server: EmbeddedS3) -> Iterator[DaemonProcess]:
+@pytest.fixture(scope="module")
+def resume_daemon(s3_server: EmbeddedS3) -> Iterator[DaemonProcess]:
     with DaemonProcess(env=s3_server.environment(), args=DAEMON_ARGS) as process:
         yield process
+
+
+@pytest.fixture
+def restartable_daemon(resume_daemon: DaemonProcess) -> DaemonProcess:
+    """The module's daemon, which the tests kill and restart: running, with DAEMON_ARGS, when a test starts."""
+    if resume_daemon.process is None or resume_daemon.process.poll() is not None or resume_daemon.args != DAEMON_ARGS:
+        resume_daemon.stop(signal.SIGKILL)
+        resume_daemon.args = DAEMON_ARGS
+        resume_daemon.start()
+    return resume_daemon
 
 
 def _idx_plan(urls: dict[str, str]) -> dict[str, Any]:
@@ -126,19 +136,20 @@ def _killed_trainers(plan: dict[str, Any], daemon: DaemonProcess, tmp_path: Path
 
 def _killed_daemons(
     plan: dict[str, Any], daemon: DaemonProcess, kill_at: list[int], restart_args: list[tuple[str, ...]]
-) -> tuple[list[str], int]:
+) -> tuple[list[str], list[int]]:
     """Read in this process; SIGKILL the daemon after each of `kill_at` batches, start a new one and resume.
 
     Batches already in the ring still arrive after the kill; each is kept with the state saved after it, as a
     trainer would, until the iterator raises `DaemonUnavailable`. The new daemons take `restart_args` in turn.
-    Returns the digests and the daemons used.
+    Returns the digests, and the shuffle window each daemon chose for the stream before the state was loaded.
     """
     plan = {**plan, "socket": str(daemon.socket_path)}
     seen: list[str] = []
     state: str | None = None  # as saved on disk: JSON text
-    daemons = 1
+    windows: list[int] = []
     for kill in [*kill_at, None]:
         with open_iterator(plan) as batches:
+            windows.append(batches.state_dict()["stream"]["shuffle_window"])
             if state is not None:
                 batches.load_state_dict(json.loads(state))
             while len(seen) < plan["total"]:
@@ -155,10 +166,10 @@ def _killed_daemons(
                     daemon.stop(signal.SIGKILL)
         if kill is not None:
             assert json.loads(state or "{}")["batch"] > 0, "the daemon died mid-epoch"
-            daemon.args = restart_args[daemons - 1]
+            daemon.args = restart_args[len(windows) - 1]
             daemon.start()  # a new daemon on the same socket: nothing of the old one's streams survives
-            daemons += 1
-    return seen, daemons
+    assert json.loads(state or "{}")["stream"]["shuffle_window"] == windows[0], "the first daemon's window, kept"
+    return seen, windows
 
 
 def test_idx_resumes_exactly_after_the_trainer_is_killed(
@@ -176,29 +187,11 @@ def test_idx_resumes_exactly_after_the_daemon_is_killed(
     plan = _idx_plan(fashion_urls)
     reference = _reference(plan, restartable_daemon, tmp_path)
     kill_at = _mid_epoch_points(reference, 2, seed=2)
-    # the second daemon has the default budget, whose shuffle window would hold the whole partition: the
-    # resumed stream pins the window its state was saved with, and the order stays the same
-    seen, daemons = _killed_daemons(plan, restartable_daemon, kill_at, [(), DAEMON_ARGS])
-    assert daemons == 3
+    # the second daemon has the default budget, whose shuffle window holds the whole partition: the resumed
+    # stream pins the window its state was saved with (two 1 MiB chunks of records), and the order stays
+    seen, windows = _killed_daemons(plan, restartable_daemon, kill_at, [(), DAEMON_ARGS])
+    assert windows == [2 * (1 << 20) // 784, 5000, 2 * (1 << 20) // 784]
     assert seen == reference
-
-
-def test_the_shuffle_window_is_in_the_state_and_pinned_through_a_daemon_with_another_budget(
-    restartable_daemon: DaemonProcess, fashion_urls: dict[str, str], s3_server: EmbeddedS3
-) -> None:
-    plan = {**_idx_plan(fashion_urls), "socket": str(restartable_daemon.socket_path)}
-    with open_iterator(plan) as batches:
-        next(batches)
-        state = batches.state_dict()
-        following = [batch_digest(next(batches)) for _ in range(3)]
-    assert state["stream"]["shuffle_window"] == 2 * (1 << 20) // 784, "two 1 MiB chunks of records: windowed"
-    with DaemonProcess(env=s3_server.environment()) as other:  # the default 512 MiB budget
-        plan["socket"] = str(other.socket_path)
-        with open_iterator(plan) as batches:
-            assert batches.state_dict()["stream"]["shuffle_window"] == 5000, "its own choice: the whole part"
-            batches.load_state_dict(state)
-            assert [batch_digest(next(batches)) for _ in range(3)] == following
-            assert batches.state_dict()["stream"]["shuffle_window"] == state["stream"]["shuffle_window"]
 
 
 @pytest.mark.mxnet  # the .rec is written by MXNet's own writer
@@ -210,8 +203,8 @@ def test_recordio_with_random_crops_resumes_exactly_after_trainer_and_daemon_are
     # the interrupted runs decode on both workers, the reference on one: the crops must not depend on which
     plan["args"]["preprocess_threads"] = 0
     assert _killed_trainers(plan, restartable_daemon, tmp_path, _mid_epoch_points(reference, 2, seed=3)) == reference
-    seen, daemons = _killed_daemons(plan, restartable_daemon, _mid_epoch_points(reference, 1, seed=4), [DAEMON_ARGS])
-    assert daemons == 2
+    seen, windows = _killed_daemons(plan, restartable_daemon, _mid_epoch_points(reference, 1, seed=4), [DAEMON_ARGS])
+    assert windows == [45, 45], "two daemons"
     assert seen == reference
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from prefetchd.testing.daemon_process import DaemonProcess
 from prefetchd.testing.embedded_s3 import EmbeddedS3
-from prefetchd_client import DaemonUnavailable, IncompatibleState, bytes_iter
+from prefetchd_client import DaemonUnavailable, IncompatibleState, InvalidRequest, bytes_iter
 from tests.conftest import Objects
 from tests.e2e.resume_trainer import batch_digest, open_iterator, train
 
@@ -262,3 +262,22 @@ def test_a_bytes_stream_resumes_too(daemon: DaemonProcess, fashion_urls: dict[st
         blocks.load_state_dict(state)
         assert [(int(b.index[0]), b.data.tobytes()) for b in blocks] == following
     assert len(following) == 8  # 10008 bytes: 11 blocks, 3 taken before the state
+
+
+def test_a_daemon_that_cannot_hold_the_saved_window_refuses_it_and_the_stream_goes_on(
+    restartable_daemon: DaemonProcess, fashion_urls: dict[str, str]
+) -> None:
+    restartable_daemon.stop(signal.SIGKILL)
+    restartable_daemon.args = ("--chunk-size", "1MiB", "--budget", "2MiB")  # windows of up to 2674 records
+    restartable_daemon.start()
+    plan = {**_idx_plan(fashion_urls), "socket": str(restartable_daemon.socket_path)}
+    with open_iterator(plan) as batches:
+        expected = [batch_digest(next(batches)) for _ in range(2)]
+    with open_iterator(plan) as batches:
+        state = batches.state_dict()
+        assert batch_digest(next(batches)) == expected[0]
+        state["stream"]["shuffle_window"] = 3000  # as a daemon with a larger budget would have chosen
+        with pytest.raises(InvalidRequest, match=r"shuffle window of 3000 records .* --budget 4704000 or more"):
+            batches.load_state_dict(state)
+        assert batches.state_dict()["stream"]["shuffle_window"] == 1337
+        assert batch_digest(next(batches)) == expected[1], "the stream open before goes on where it was"

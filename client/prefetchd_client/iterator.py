@@ -2,7 +2,8 @@
 
 One `BatchIterator` is one stream: one socket, one ring. A `for` loop over it runs one epoch; the next
 `for` loop runs the next epoch (the daemon has been filling it already). `reset()` mid-epoch drops what
-is in flight and starts the next epoch, as MXNet's `DataIter.reset()` does.
+is in flight and starts the next epoch, as MXNet's `DataIter.reset()` does. `state_dict()` and
+`load_state_dict()` carry the position across processes and daemons (`resume.py` says what it holds).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ PURE = [
     CLIENT / "protocol.py",
     CLIENT / "layout.py",
     CLIENT / "errors.py",
+    CLIENT / "resume.py",
 ]
 
 

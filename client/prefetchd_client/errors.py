@@ -130,6 +130,12 @@ class BatchTimeout(PrefetchdError):
     code = "batch_timeout"
 
 
+class IncompatibleState(PrefetchdError):
+    """A saved iterator state belongs to other data, other settings or a newer client; the message names what."""
+
+    code = "incompatible_state"
+
+
 class DaemonError(PrefetchdError):
     """The daemon failed in a way it did not expect; its log has the traceback."""
 

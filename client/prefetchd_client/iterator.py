@@ -2,11 +2,14 @@
 
 One `BatchIterator` is one stream: one socket, one ring. A `for` loop over it runs one epoch; the next
 `for` loop runs the next epoch (the daemon has been filling it already). `reset()` mid-epoch drops what
-is in flight and starts the next epoch, as MXNet's `DataIter.reset()` does.
+is in flight and starts the next epoch, as MXNet's `DataIter.reset()` does. `state_dict()` and
+`load_state_dict()` carry the position across processes and daemons (`resume.py` says what it holds).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import os
 import time
@@ -18,9 +21,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .autostart import connect
-from .errors import PrefetchdError, RemoteProtocolError, StreamClosed, error_from_wire
+from .connection import Connection
+from .errors import IncompatibleState, PrefetchdError, RemoteProtocolError, StreamClosed, error_from_wire
 from .protocol import Batch as BatchFrame
 from .protocol import Close, EndOfEpoch, Error, Open, Opened, Release, Seek
+from .resume import check_state, differences, make_state, stream_identity
 from .ring import RingReader
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -63,22 +68,10 @@ class BatchIterator:
     ) -> None:
         self.request = request
         self.timeout_s = timeout_s
-        self._conn = connect(socket_path, timeout_s=min(timeout_s, 30.0), autostart=autostart)
-        self._ring: RingReader | None = None
-        try:
-            self._conn.send(request)
-            opened = self._conn.receive(timeout_s=timeout_s, waiting_for="the stream to open")
-            if not isinstance(opened, Opened):
-                raise RemoteProtocolError(f"daemon answered Open with {opened.TYPE}")
-            fd = self._conn.take_fd()
-            try:
-                self._ring = RingReader(fd, opened.segment_bytes)
-            finally:
-                os.close(fd)
-        except BaseException:
-            self._conn.close()
-            raise
-        self.opened = opened
+        self._socket_path = socket_path
+        self._autostart = autostart
+        self._conn, self._ring, self.opened = self._open(request)
+        self._identity = stream_identity(request, self.opened)
         geometry = self._ring.geometry
         self.data_shape = geometry.array("data").shape
         self.label_shape = geometry.array("label").shape
@@ -95,6 +88,24 @@ class BatchIterator:
         self._closed = False
         self._stats = {"batches": 0, "epochs": 0, "stale": 0}
         self._wait_s = 0.0
+
+    def _open(self, request: Open) -> tuple[Connection, RingReader, Opened]:
+        """A connection with `request`'s stream open on it, and the stream's ring mapped."""
+        conn = connect(self._socket_path, timeout_s=min(self.timeout_s, 30.0), autostart=self._autostart)
+        try:
+            conn.send(request)
+            opened = conn.receive(timeout_s=self.timeout_s, waiting_for="the stream to open")
+            if not isinstance(opened, Opened):
+                raise RemoteProtocolError(f"daemon answered Open with {opened.TYPE}")
+            fd = conn.take_fd()
+            try:
+                ring = RingReader(fd, opened.segment_bytes)
+            finally:
+                os.close(fd)
+        except BaseException:
+            conn.close()
+            raise
+        return conn, ring, opened
 
     @property
     def epoch(self) -> int:
@@ -211,7 +222,69 @@ class BatchIterator:
         """Continue from batch `batch` of `epoch` (deterministic: the same batch an uninterrupted run gets)."""
         self._check_usable()
         self._release_held()
-        self._conn.send(Seek(epoch, batch))
+        if (epoch, batch) < self._sent_from():
+            # frames from the old position may be on their way, and some come after the new one: the client
+            # cannot tell them from the new ones, so a seek back opens the stream afresh where it should start
+            self._reopen(epoch, batch)
+        else:
+            # frames still on their way are either before the new position (dropped as stale) or the very
+            # batches the new position yields next (an epoch is a pure function of its plan): both are right
+            self._conn.send(Seek(epoch, batch))
+        self._epoch, self._next_seq, self._epoch_done = epoch, batch, False
+
+    def _sent_from(self) -> tuple[int, int]:
+        """The first position the daemon may have sent frames for that this client has not read yet."""
+        return (self._epoch + 1, 0) if self._epoch_done else (self._epoch, self._next_seq)
+
+    def _reopen(self, epoch: int, batch: int) -> None:
+        request = dataclasses.replace(self.request, epoch=epoch, batch=batch)
+        conn, ring, opened = self._open(request)
+        old_conn, old_ring = self._conn, self._ring
+        self._conn, self._ring, self.opened = conn, ring, opened
+        try:
+            old_conn.send(Close())
+        except PrefetchdError:
+            pass  # the daemon is gone already; nothing to tell it
+        old_conn.close()
+        old_ring.close()
+        changed = differences(self._identity, stream_identity(self.request, opened))
+        if changed:  # the objects were overwritten since this iterator first opened them
+            self._broken = IncompatibleState("the stream changed when it was reopened: " + "; ".join(changed))
+            raise self._broken
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this iterator is, and what it reads: a small JSON-serialisable dict to save with a checkpoint.
+
+        The batch the trainer holds counts as taken: loaded into an iterator over the same data and settings
+        (in another process, through another daemon), the next `next()` returns the batch an uninterrupted
+        run would have returned after this one.
+        """
+        epoch, batch = self._sent_from()
+        return make_state(copy.deepcopy(self._identity), epoch, batch)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue where `state_dict()` was taken; `IncompatibleState` if it belongs to another stream."""
+        self._check_usable()
+        point = check_state(state, self._identity)
+        if point.shuffle_window != self._identity["shuffle_window"]:
+            self._pin_shuffle_window(point.shuffle_window, point.epoch, point.batch)
+        elif (point.epoch, point.batch) != self._sent_from():
+            self.seek(point.epoch, point.batch)
+        elif self._epoch_done:
+            self.reset()  # the state says the next epoch's first batch: so does the iterator, without a seek
+
+    def _pin_shuffle_window(self, window: int, epoch: int, batch: int) -> None:
+        """Reopen at (epoch, batch) with the saved stream's shuffle window: this daemon chose another one."""
+        self._release_held()
+        request, identity = self.request, self._identity
+        self.request = dataclasses.replace(request, shuffle_window=window)
+        self._identity = {**identity, "shuffle_window": window}
+        try:
+            self._reopen(epoch, batch)
+        except BaseException:
+            if self._broken is None:  # the daemon refused the window: the stream open until now goes on
+                self.request, self._identity = request, identity
+            raise
         self._epoch, self._next_seq, self._epoch_done = epoch, batch, False
 
     def statistics(self) -> IteratorStatistics:

@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 
 from .errors import RemoteProtocolError
 
-PROTOCOL_VERSION = 1  # bumped on any incompatible change to the messages below
+PROTOCOL_VERSION = 2  # bumped on any incompatible change to the messages below (2: shuffle_window)
 LENGTH_PREFIX = struct.Struct("<I")
 MAX_FRAME_BYTES = 1 << 20  # a frame larger than this is refused before it is buffered
 
@@ -91,6 +91,7 @@ class Open:
     last_batch: str = "discard"
     prefetch: int = 4
     decode: dict[str, Any] = field(default_factory=dict)
+    shuffle_window: int = 0  # records per shuffle window; 0: the daemon's choice (a resumed stream pins its own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,7 @@ class Opened:
     batches_per_epoch: int
     samples_per_epoch: int
     objects: dict[str, dict[str, Any]]
+    shuffle_window: int = 0  # records per shuffle window the stream's order uses; 0 when it is not shuffled
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from prefetchd_client.errors import PrefetchdError
+from prefetchd_client.errors import InvalidRequest, PrefetchdError
 from prefetchd_client.protocol import Open
 
 from ..fetch.source import ObjectInfo
@@ -40,6 +40,7 @@ class ReaderShape:
     samples_per_epoch: int
     objects: dict[str, ObjectInfo]
     ring_bytes: int | None = None  # the shared memory this stream wants; None: the daemon's ring_bytes
+    shuffle_window: int = 0  # records per shuffle window, as `Opened` reports it (0: not shuffled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,29 @@ def plan_for(request: Open, part: range, epoch: int, window: int) -> EpochPlan:
         last_batch=request.last_batch,
         window=window,
     )
+
+
+def shuffle_window(request: Open, chosen: int, limit: int, *, records: int, record_bytes: int, url: str) -> int:
+    """Records per shuffle window: `chosen` from this daemon's budget, or the one the client pins.
+
+    A shuffled epoch's order depends on its window, and the daemon's choice on its `--budget` and
+    `--chunk-size`; a stream resumed from a saved state pins the window it was saved with, so that a daemon
+    started with other settings gives the same order. Up to `limit` records (a budget's worth) are served.
+    Every window of the partition's `records` or more is one full permutation, so it is reported as that.
+    """
+    pinned = request.shuffle_window
+    if pinned == 0:
+        return min(chosen, max(1, records))
+    if pinned < 0:
+        raise InvalidRequest(f"shuffle_window must be 0 (the daemon's choice) or more, not {pinned}", url=url)
+    if pinned > limit:
+        raise InvalidRequest(
+            f"the stream asks for a shuffle window of {pinned} records ({pinned * record_bytes} bytes), the one its "
+            f"saved state was taken with; this daemon's stream_budget_bytes serves at most {limit}: start it "
+            f"with --budget {2 * pinned * record_bytes} or more",
+            url=url,
+        )
+    return pinned
 
 
 class ChunkUses:

@@ -32,7 +32,7 @@ from ..fetch.source import ObjectInfo
 from ..formats import idx
 from ..plan.epoch import LAST_BATCH_MODES, BatchSpec, EpochPlan, partition, plan_epoch
 from ..ring.segment import Segment
-from .base import ChunkUses, ReaderShape, plan_for, run_to_completion
+from .base import ChunkUses, ReaderShape, plan_for, run_to_completion, shuffle_window
 
 OUTPUT_DTYPES = ("float32", "float16", "float64")
 INLINE_DECODE_BYTES = 1 << 20  # smaller batches decode on the loop (~0.1 ms for 100 MNIST images)
@@ -146,7 +146,14 @@ class IdxReader:
             head_count, record_bytes
         )
         window_chunks = max(1, config.stream_budget_bytes // 2 // (self.chunk_records * record_bytes))
-        self.window_records = window_chunks * self.chunk_records
+        self.window_records = shuffle_window(
+            request,
+            window_chunks * self.chunk_records,
+            max(window_chunks * self.chunk_records, config.stream_budget_bytes // max(1, record_bytes)),
+            records=len(part),
+            record_bytes=record_bytes,
+            url=self.image.url,
+        )
         self.shape = ReaderShape(
             arrays=self._arrays(),
             batches_per_epoch=plan_epoch(
@@ -161,6 +168,7 @@ class IdxReader:
             ).batch_count,
             samples_per_epoch=len(part),
             objects=objects,
+            shuffle_window=self.window_records if request.shuffle else 0,
         )
 
     @classmethod

@@ -80,6 +80,7 @@ class RawReader:
             samples_per_epoch=part_bytes,
             objects={"object": info},
             ring_bytes=self.window.window_bytes + 2 * self.block,  # the window, one batch held, one published
+            shuffle_window=len(self.part) if request.shuffle else 0,  # blocks shuffle whole: no budget in it
         )
 
     def _plan_window(self, config: Config, ttfb_s: float) -> Window:

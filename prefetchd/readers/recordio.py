@@ -37,7 +37,7 @@ from ..fetch.source import ObjectInfo
 from ..formats import recordio
 from ..plan.epoch import BatchSpec, EpochPlan
 from ..ring.segment import Segment
-from .base import ChunkUses, FillResult, ReaderShape, plan_for, run_to_completion
+from .base import ChunkUses, FillResult, ReaderShape, plan_for, run_to_completion, shuffle_window
 from .idx import check_batching, open_all
 
 _SCANNED: OrderedDict[tuple[str, str], NDArray[np.int64]] = OrderedDict()  # (url, version) → record offsets
@@ -185,12 +185,20 @@ class RecordIOReader:
                 url=self.rec.url,
             )
         mean_record = max(1, int(self.lengths[part.start : part.stop].mean())) if len(part) else 1
-        self.window_records = max(1, config.stream_budget_bytes // 2 // mean_record)
+        self.window_records = shuffle_window(
+            request,
+            max(1, config.stream_budget_bytes // 2 // mean_record),
+            max(1, config.stream_budget_bytes // mean_record),
+            records=len(part),
+            record_bytes=mean_record,
+            url=self.rec.url,
+        )
         self.shape = ReaderShape(
             arrays=self._arrays(),
             batches_per_epoch=self.plan(0).batch_count,
             samples_per_epoch=len(part),
             objects=objects,
+            shuffle_window=self.window_records if request.shuffle else 0,
         )
 
     @classmethod

@@ -191,6 +191,7 @@ class ControlServer:
                 shape.batches_per_epoch,
                 shape.samples_per_epoch,
                 {role: info.describe() for role, info in shape.objects.items()},
+                shape.shuffle_window,
             )
             await peer.send(opened, fds=(ring.segment.fd,))
             log.info(

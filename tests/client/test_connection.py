@@ -71,7 +71,9 @@ def test_a_welcome_with_other_versions_is_refused(peer: Callable[[Script], Path]
         conn.recv(4096)
         conn.sendall(_welcome(protocol=PROTOCOL_VERSION + 1))
 
-    with pytest.raises(RemoteProtocolError, match="welcomed us with protocol 2 / ring format 1, not the 1 / 1"):
+    ours = f"{PROTOCOL_VERSION} / {layout.FORMAT_VERSION}"
+    theirs = f"protocol {PROTOCOL_VERSION + 1} / ring format {layout.FORMAT_VERSION}"
+    with pytest.raises(RemoteProtocolError, match=f"welcomed us with {theirs}, not the {ours}"):
         Connection.connect(peer(script), timeout_s=5)
 
 

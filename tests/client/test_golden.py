@@ -1,4 +1,4 @@
-"""Version 1 pinned: docs/format.md, tests/golden/*.bin and the code must describe the same bytes.
+"""Ring format 1 and protocol 2 pinned: docs/format.md, tests/golden/*.bin and the code must describe the same bytes.
 
 The expected bytes are built here from the document's tables with explicit offsets, not from layout.py's
 structs, so a change to the code that moves a byte fails against both the document and the golden files.
@@ -142,8 +142,8 @@ def test_the_golden_slot_header_unpacks_to_the_documented_values() -> None:
 IMAGES = "s3://bucket/train-images-idx3-ubyte"
 LABELS = "s3://bucket/train-labels-idx1-ubyte"
 FRAMES: list[Message] = [
-    Hello(protocol=1, ring_format=1, client="prefetchd-client/0.1.0", pid=4242),
-    Welcome(protocol=1, ring_format=1, daemon="prefetchd/0.1.0", pid=1000),
+    Hello(protocol=2, ring_format=1, client="prefetchd-client/0.1.0", pid=4242),
+    Welcome(protocol=2, ring_format=1, daemon="prefetchd/0.1.0", pid=1000),
     Open(
         format="idx",
         sources={"image": IMAGES, "label": LABELS},
@@ -158,6 +158,7 @@ FRAMES: list[Message] = [
         last_batch="pad",
         prefetch=4,
         decode={"flat": False, "dtype": "float32"},
+        shuffle_window=2674,
     ),
     Opened(
         stream=1,
@@ -168,6 +169,7 @@ FRAMES: list[Message] = [
             "image": {"url": IMAGES, "size": 47040016, "version": '"f68f5ba2a4b4f8d6e3b3b3b5c7e3b2a1"'},
             "label": {"url": LABELS, "size": 60008, "version": '"d53b1bd4a4f1c3e7e0b2a9b8c7d6e5f4"'},
         },
+        shuffle_window=2674,
     ),
     Batch(slot=3, fill=7, epoch=2, seq=41),
     EndOfEpoch(epoch=2, batches=300),
@@ -198,24 +200,24 @@ def split_frames(data: bytes) -> list[bytes]:
 
 
 def test_encode_of_the_fixed_messages_is_the_golden_file() -> None:
-    assert b"".join(encode(message) for message in FRAMES) == (GOLDEN / "protocol-v1-frames.bin").read_bytes()
+    assert b"".join(encode(message) for message in FRAMES) == (GOLDEN / "protocol-v2-frames.bin").read_bytes()
 
 
 def test_the_golden_frames_hold_one_of_each_message_in_the_documented_order() -> None:
-    bodies = split_frames((GOLDEN / "protocol-v1-frames.bin").read_bytes())
+    bodies = split_frames((GOLDEN / "protocol-v2-frames.bin").read_bytes())
     assert [json.loads(body.decode("utf-8"))["type"] for body in bodies] == DOCUMENTED_ORDER
     assert all(body.isascii() for body in bodies)
 
 
 def test_the_golden_batch_frame_is_the_one_drawn_in_the_document() -> None:
-    bodies = split_frames((GOLDEN / "protocol-v1-frames.bin").read_bytes())
+    bodies = split_frames((GOLDEN / "protocol-v2-frames.bin").read_bytes())
     assert bodies[4] == b'{"type":"batch","slot":3,"fill":7,"epoch":2,"seq":41}'
     assert len(bodies[4]) == 0x35
 
 
 @pytest.mark.parametrize("piece_bytes", [1, 7, 4096])
 def test_frame_reader_parses_the_golden_file_back_into_the_fixed_messages(piece_bytes: int) -> None:
-    data = (GOLDEN / "protocol-v1-frames.bin").read_bytes()
+    data = (GOLDEN / "protocol-v2-frames.bin").read_bytes()
     reader = FrameReader()
     parsed: list[Message] = []
     for at in range(0, len(data), piece_bytes):

@@ -67,6 +67,16 @@ class StreamDataIter(mx.io.DataIter):  # type: ignore[misc]
         self._current = None
         self._stream.reset()
 
+    def state_dict(self) -> dict[str, Any]:
+        """The stream's position and identity (see `BatchIterator.state_dict`): the current batch counts as read."""
+        return self._stream.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue where `state_dict()` was taken: the next batch is the one an uninterrupted run reads next."""
+        self._current = None
+        self._copies = {}
+        self._stream.load_state_dict(state)
+
     def iter_next(self) -> bool:
         self._copies = {}
         try:

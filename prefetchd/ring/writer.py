@@ -77,6 +77,10 @@ class RingWriter:
     def has_free_slot(self) -> bool:
         return bool(self._free)
 
+    def all_ready(self) -> bool:
+        """Every slot holds a batch the client has not released: there is nothing to fill until it does."""
+        return not self._free and self._states.count(SlotState.READY) == len(self._states)
+
     def arrays(self, slot: int) -> dict[str, NDArray[Any]]:
         if self._states[slot] is not SlotState.FILLING:
             raise RuntimeError(f"slot {slot} is {self._states[slot].name}; only a FILLING slot may be written")

@@ -94,3 +94,52 @@ def test_a_failed_read_is_not_cached(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="changed"):
         asyncio.run(cache.fetch(info, 0, 100, source.read_range))
     assert cache.statistics().entries == 0
+
+
+class GatedSource(CountingSource):
+    """Reads wait until the test opens the gate, so that several streams ask for a range while it is read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def read_range(self, info: ObjectInfo, start: int, out: memoryview) -> None:
+        self.reads.append((start, len(out)))
+        await self.gate.wait()
+        await self.source.read_range(info, start, out)
+
+
+def test_streams_asking_for_a_range_being_read_share_that_read(tmp_path: Path) -> None:
+    data = np.random.default_rng(1).integers(0, 256, 10_000, dtype=np.uint8).tobytes()
+    info = _write(tmp_path / "object", data)
+    cache, source = ChunkCache(1 << 20), GatedSource()
+
+    async def ranks() -> list[bytes]:
+        fetches = [asyncio.create_task(cache.fetch(info, 2000, 4000, source.read_range)) for _ in range(4)]
+        await asyncio.sleep(0)
+        source.gate.set()
+        return [buffer.tobytes() for buffer in await asyncio.gather(*fetches)]
+
+    assert asyncio.run(ranks()) == [data[2000:6000]] * 4
+    assert source.reads == [(2000, 4000)], "one GET for four streams"
+    assert (cache.statistics().misses, cache.statistics().hits) == (1, 3)
+
+
+def test_a_cancelled_reader_leaves_the_range_to_those_who_wait_for_it(tmp_path: Path) -> None:
+    data = np.random.default_rng(2).integers(0, 256, 10_000, dtype=np.uint8).tobytes()
+    info = _write(tmp_path / "object", data)
+    cache, source = ChunkCache(1 << 20), GatedSource()
+
+    async def scenario() -> bytes:
+        first = asyncio.create_task(cache.fetch(info, 0, 1000, source.read_range))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(cache.fetch(info, 0, 1000, source.read_range))
+        await asyncio.sleep(0)
+        first.cancel()  # its stream closed mid-read
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        source.gate.set()
+        return (await second).tobytes()
+
+    assert asyncio.run(scenario()) == data[:1000]
+    assert source.reads == [(0, 1000), (0, 1000)], "the waiter read it itself"

@@ -6,8 +6,9 @@ reports that to its `AimdLimit` and lets the next waiter in.
 
 Waiters queue per stream (`flow.Flow`) and are let in one stream at a time, round robin, so a stream that
 queued its whole read-ahead first does not hold back another's next range. A stream whose trainer has
-batches queued and nothing left to fill (`Flow.ahead`) waits behind the others: a trainer that stopped
-reading keeps no slot from one that is waiting. In arrival order within a stream.
+batches queued and nothing left to fill (`Flow.ahead`) waits behind the others, unless another stream waits
+for one of its reads (`Flow.borrowers`): a trainer that stopped reading keeps no slot from one that is
+waiting. In arrival order within a stream.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ class AdmissionGate:
     def _next_turn(self) -> Flow | None:
         """The first flow in turn order whose trainer may be waiting; if every one is ahead, the first."""
         for flow in self._queues:
-            if flow is None or not flow.ahead():
+            if flow is None or not flow.can_wait():
                 return flow
         return next(iter(self._queues))
 

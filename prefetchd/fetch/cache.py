@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .disk_cache import DiskCache, DiskCacheStatistics
+from .flow import Flow, current_flow
 from .source import ObjectInfo, ReadRange
 
 Key = tuple[str, str, int, int]  # URL, version, start, size
@@ -49,13 +50,14 @@ class ChunkCache:
         self._held = 0
         self._hits = self._misses = self._hit_bytes = 0
         self._reading: dict[Key, asyncio.Future[NDArray[np.uint8]]] = {}  # ranges being read now, by whom waits
+        self._readers: dict[Key, Flow | None] = {}  # the stream reading each of them
 
     async def fetch(self, info: ObjectInfo, start: int, size: int, read_range: ReadRange) -> NDArray[np.uint8]:
         """The bytes [start, start + size) of `info`: from RAM, from disk, from a read under way, or read (and kept)."""
         self._forget_other_versions(info)
         key = (info.url, info.version, start, size)
         while (cached := self._lookup(key)) is None and (reading := self._reading.get(key)) is not None:
-            await asyncio.wait([reading])  # our own cancellation still raises here; the reader's does not
+            await self._wait_for(reading, self._readers.get(key))
             if not reading.cancelled():
                 cached = reading.result()
                 break
@@ -66,6 +68,7 @@ class ChunkCache:
             return cached
         self._misses += 1
         reading = self._reading[key] = asyncio.get_running_loop().create_future()
+        self._readers[key] = current_flow.get()
         try:
             buffer = np.empty(size, dtype=np.uint8)
             if self.disk is None or not await self.disk.read_into(info.url, info.version, start, buffer.data):
@@ -75,10 +78,21 @@ class ChunkCache:
             reading.cancel()  # whoever waits reads it in its own context, so its errors are its own
             raise
         finally:
-            del self._reading[key]
+            del self._reading[key], self._readers[key]
         reading.set_result(buffer)
         await self._keep(key, buffer)
         return buffer
+
+    @staticmethod
+    async def _wait_for(reading: asyncio.Future[NDArray[np.uint8]], reader: Flow | None) -> None:
+        """Wait for another stream's read; meanwhile its reads are not mere read-ahead at the bucket's gate."""
+        if reader is not None:
+            reader.borrowers += 1
+        try:
+            await asyncio.wait([reading])  # our own cancellation still raises here; the reader's does not
+        finally:
+            if reader is not None:
+                reader.borrowers -= 1
 
     def _lookup(self, key: Key) -> NDArray[np.uint8] | None:
         cached = self._entries.get(key)

@@ -30,6 +30,13 @@ class Flow:
     in_flight: int = 0  # requests admitted and not yet answered
     waiting: int = 0  # requests queued at a gate
     admitted: int = 0  # requests admitted so far
+    # other streams waiting for one of its reads (the epoch cache shares a range being read): while any do,
+    # its reads are not mere read-ahead, or a stream whose trainer waits would wait behind everyone
+    borrowers: int = 0
+
+    def can_wait(self) -> bool:
+        """Whether its requests may go behind every other stream's: only read-ahead nobody else waits for."""
+        return self.borrowers == 0 and self.ahead()
 
     def __repr__(self) -> str:
         return f"<Flow {self.name} in_flight={self.in_flight} waiting={self.waiting} admitted={self.admitted}>"

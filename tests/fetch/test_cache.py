@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
 
+from prefetchd.fetch.admission import AdmissionGate
+from prefetchd.fetch.aimd import AimdLimit
 from prefetchd.fetch.cache import ChunkCache
+from prefetchd.fetch.flow import Flow, current_flow
 from prefetchd.fetch.local import LocalSource
 from prefetchd.fetch.source import ObjectInfo
+
+T = TypeVar("T")
 
 
 class CountingSource:
@@ -143,3 +150,40 @@ def test_a_cancelled_reader_leaves_the_range_to_those_who_wait_for_it(tmp_path: 
 
     assert asyncio.run(scenario()) == data[:1000]
     assert source.reads == [(0, 1000), (0, 1000)], "the waiter read it itself"
+
+
+def test_a_stalled_streams_read_that_another_stream_waits_for_does_not_wait_behind_everyone(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 8
+    info = _write(tmp_path / "object", data)
+    cache, local = ChunkCache(1 << 20), LocalSource()
+    gate = AdmissionGate("bucket", AimdLimit(1))
+    entered: list[str] = []
+
+    async def read_range(info: ObjectInfo, start: int, out: memoryview) -> None:
+        async with gate.admitted():  # as S3Source reads: one place at the bucket's gate per try
+            flow = current_flow.get()
+            entered.append("none" if flow is None else flow.name)
+            await local.read_range(info, start, out)
+
+    async def as_flow(flow: Flow, work: Awaitable[T]) -> T:
+        current_flow.set(flow)
+        return await work
+
+    async def scenario() -> bytes:
+        stalled, busy, waiting = Flow("stalled", ahead=lambda: True), Flow("busy"), Flow("waiting")
+        async with gate.admitted():  # the gate is full while the others line up
+            stalled_read = asyncio.create_task(as_flow(stalled, cache.fetch(info, 0, 512, read_range)))
+            await asyncio.sleep(0)
+            busy_reads = [asyncio.create_task(as_flow(busy, read_range(info, 512, memoryview(bytearray(8)))))]
+            busy_reads += [asyncio.create_task(as_flow(busy, read_range(info, 520, memoryview(bytearray(8)))))]
+            await asyncio.sleep(0)
+            shared = asyncio.create_task(as_flow(waiting, cache.fetch(info, 0, 512, read_range)))
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert stalled.borrowers == 1 and gate.statistics().waiting == 3
+        await asyncio.gather(stalled_read, *busy_reads)
+        return (await shared).tobytes()
+
+    assert asyncio.run(scenario()) == data[:512]
+    # without the borrower, the stalled stream's read-ahead would go last: ["busy", "busy", "stalled"]
+    assert entered == ["stalled", "busy", "busy"]

@@ -90,7 +90,12 @@ def test_only_config_reads_the_environment() -> None:
         for p in [*_sources(DAEMON), *_sources(CLIENT)]
         if "os.environ" in p.read_text() and p.parent.name != "testing"
     ]
-    assert sorted(readers) == ["client/prefetchd_client/autostart.py", "prefetchd/config.py"]
+    # partition.py reads RANK and WORLD_SIZE only inside partition_from_env(), when the trainer asks
+    assert sorted(readers) == [
+        "client/prefetchd_client/autostart.py",
+        "client/prefetchd_client/partition.py",
+        "prefetchd/config.py",
+    ]
 
 
 def test_no_fire_and_forget_tasks() -> None:

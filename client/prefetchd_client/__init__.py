@@ -40,6 +40,7 @@ from .errors import (
 )
 from .files import ObjectReader, ObjectWriter, open
 from .iterator import Batch, BatchIterator, bytes_iter, idx_iter, recordio_iter
+from .partition import partition_from_env
 
 _MXNET_ADAPTERS = ("ImageRecordIter", "MNISTIter", "load_checkpoint", "save_checkpoint")
 
@@ -74,6 +75,7 @@ __all__ = [
     "idx_iter",
     "load_checkpoint",
     "open",
+    "partition_from_env",
     "recordio_iter",
     "save_checkpoint",
 ]

@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from .autostart import connect
 from .connection import Connection
 from .errors import IncompatibleState, PrefetchdError, RemoteProtocolError, StreamClosed, error_from_wire
+from .partition import choose_partition
 from .protocol import Batch as BatchFrame
 from .protocol import Close, EndOfEpoch, Error, Open, Opened, Release, Seek
 from .resume import check_state, differences, make_state, stream_identity
@@ -334,8 +335,10 @@ def idx_iter(
     seed: int = 0,
     reshuffle: bool = True,
     flat: bool = False,
-    num_parts: int = 1,
-    part_index: int = 0,
+    num_parts: int | None = None,
+    part_index: int | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
     last_batch: str = "discard",
     dtype: str = "float32",
     prefetch: int = 4,
@@ -348,7 +351,11 @@ def idx_iter(
 
     `last_batch`: "discard" drops a final partial batch (MXNet's MNISTIter), "pad" fills it with samples
     from the start of the partition and reports how many in `Batch.pad`, "keep" yields it short.
+    `num_parts`/`part_index` (or `world_size`/`rank`, the same) pick this trainer's part, as MXNet splits.
     """
+    num_parts, part_index = choose_partition(
+        num_parts=num_parts, part_index=part_index, world_size=world_size, rank=rank
+    )
     request = Open(
         format="idx",
         sources={"image": image, "label": label},
@@ -387,8 +394,10 @@ def recordio_iter(
     fill_value: int = 255,
     mirror: bool = False,
     inter_method: int = 1,
-    num_parts: int = 1,
-    part_index: int = 0,
+    num_parts: int | None = None,
+    part_index: int | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
     last_batch: str = "pad",
     preprocess_threads: int = 0,
     skip_bad: bool = False,
@@ -407,6 +416,9 @@ def recordio_iter(
     listed in `BatchIterator.skipped`) instead of ending the stream with an error naming its offset.
     """
     sources = {"rec": rec} if idx is None else {"rec": rec, "idx": idx}
+    num_parts, part_index = choose_partition(
+        num_parts=num_parts, part_index=part_index, world_size=world_size, rank=rank
+    )
     request = Open(
         format="recordio",
         sources=sources,
@@ -446,8 +458,10 @@ def bytes_iter(
     batch_bytes: int = 8 << 20,
     shuffle: bool = False,
     seed: int = 0,
-    num_parts: int = 1,
-    part_index: int = 0,
+    num_parts: int | None = None,
+    part_index: int | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
     prefetch: int = 8,
     epoch: int = 0,
     socket_path: str | os.PathLike[str] | None = None,
@@ -460,6 +474,9 @@ def bytes_iter(
     at once; `Batch.index[0]` is the batch's byte offset. With `shuffle=True` the blocks come in a seeded
     order; `num_parts`/`part_index` split the object into contiguous runs of blocks.
     """
+    num_parts, part_index = choose_partition(
+        num_parts=num_parts, part_index=part_index, world_size=world_size, rank=rank
+    )
     request = Open(
         format="bytes",
         sources={"object": url},

@@ -4,7 +4,9 @@ Entries are keyed by (URL, pinned version, start, size): readers cut an object i
 epoch, so a later epoch, or another stream with the same chunking, finds them. A new version of an object
 (its ETag moved) drops every entry of the old one. Least recently used entries go first when the byte
 budget is full; a range larger than the whole budget is never kept in RAM. Cached buffers are read-only: every
-stream that gets one shares it.
+stream that gets one shares it. A range one stream is reading is not read again by another that asks for it
+meanwhile (ranks of one host meet at their parts' boundaries, jobs on one dataset everywhere): the second
+waits for the first's read, and reads it itself only if the first was cancelled or failed.
 
 With a disk tier (`--cache-dir`), what RAM evicts or cannot hold spills to disk, a RAM miss looks there before
 S3, and a graceful shutdown spills what RAM still holds, so that a restarted daemon starts warm.
@@ -12,6 +14,7 @@ S3, and a graceful shutdown spills what RAM still holds, so that a restarted dae
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -19,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .disk_cache import DiskCache, DiskCacheStatistics
+from .flow import Flow, current_flow
 from .source import ObjectInfo, ReadRange
 
 Key = tuple[str, str, int, int]  # URL, version, start, size
@@ -45,27 +49,58 @@ class ChunkCache:
         self._versions: dict[str, str] = {}
         self._held = 0
         self._hits = self._misses = self._hit_bytes = 0
+        self._reading: dict[Key, asyncio.Future[NDArray[np.uint8]]] = {}  # ranges being read now, by whom waits
+        self._readers: dict[Key, Flow | None] = {}  # the stream reading each of them
 
     async def fetch(self, info: ObjectInfo, start: int, size: int, read_range: ReadRange) -> NDArray[np.uint8]:
-        """The bytes [start, start + size) of `info`: from RAM, from disk, or read (and kept)."""
+        """The bytes [start, start + size) of `info`: from RAM, from disk, from a read under way, or read (and kept)."""
         self._forget_other_versions(info)
         key = (info.url, info.version, start, size)
-        cached = self._entries.get(key)
-        if cached is not None:
-            self._entries.move_to_end(key)
-        elif self.disk is not None:
-            cached = self.disk.spilling(*key)  # evicted a moment ago, its write still under way
+        while (cached := self._lookup(key)) is None and (reading := self._reading.get(key)) is not None:
+            await self._wait_for(reading, self._readers.get(key))
+            if not reading.cancelled():
+                cached = reading.result()
+                break
+            # the reader was cancelled or failed: look again, and read it ourselves if nobody else is
         if cached is not None:
             self._hits += 1
             self._hit_bytes += size
             return cached
         self._misses += 1
-        buffer = np.empty(size, dtype=np.uint8)
-        if self.disk is None or not await self.disk.read_into(info.url, info.version, start, buffer.data):
-            await read_range(info, start, buffer.data)
-        buffer.flags.writeable = False  # shared from now on
+        reading = self._reading[key] = asyncio.get_running_loop().create_future()
+        self._readers[key] = current_flow.get()
+        try:
+            buffer = np.empty(size, dtype=np.uint8)
+            if self.disk is None or not await self.disk.read_into(info.url, info.version, start, buffer.data):
+                await read_range(info, start, buffer.data)
+            buffer.flags.writeable = False  # shared from now on
+        except BaseException:
+            reading.cancel()  # whoever waits reads it in its own context, so its errors are its own
+            raise
+        finally:
+            del self._reading[key], self._readers[key]
+        reading.set_result(buffer)
         await self._keep(key, buffer)
         return buffer
+
+    @staticmethod
+    async def _wait_for(reading: asyncio.Future[NDArray[np.uint8]], reader: Flow | None) -> None:
+        """Wait for another stream's read; meanwhile its reads are not mere read-ahead at the bucket's gate."""
+        if reader is not None:
+            reader.borrowers += 1
+        try:
+            await asyncio.wait([reading])  # our own cancellation still raises here; the reader's does not
+        finally:
+            if reader is not None:
+                reader.borrowers -= 1
+
+    def _lookup(self, key: Key) -> NDArray[np.uint8] | None:
+        cached = self._entries.get(key)
+        if cached is not None:
+            self._entries.move_to_end(key)
+        elif self.disk is not None:
+            cached = self.disk.spilling(*key)  # evicted a moment ago, its write still under way
+        return cached
 
     def _forget_other_versions(self, info: ObjectInfo) -> None:
         known = self._versions.get(info.url)

@@ -92,8 +92,16 @@ def _streams(snap: DaemonSnapshot) -> Iterator[Metric]:
         "trainer holds and those queued for it)",
         labels=[*STREAM_LABELS, "state"],
     )
+    requests = GaugeMetricFamily(
+        "prefetchd_stream_s3_requests",
+        "This stream's S3 requests at the daemon's shared bucket gates: in_flight (out now) and waiting (queued "
+        "for its turn)",
+        labels=[*STREAM_LABELS, "state"],
+    )
     for stream in live:
         labels = _labels(stream)
+        requests.add_metric([*labels, "in_flight"], stream.fetches_in_flight)
+        requests.add_metric([*labels, "waiting"], stream.fetches_waiting)
         batches.add_metric(labels, stream.batches_sent)
         sent.add_metric(labels, stream.bytes_sent)
         waits.add_metric(labels, stream.trainer_wait_s)
@@ -106,7 +114,7 @@ def _streams(snap: DaemonSnapshot) -> Iterator[Metric]:
             ("ready", stream.ring_ready),
         ):
             slots.add_metric([*labels, state], count)
-    yield from (batches, sent, waits, fills, decodes, epochs, slots)
+    yield from (batches, sent, waits, fills, decodes, epochs, slots, requests)
 
 
 def _labels(stream: StreamSnapshot) -> list[str]:

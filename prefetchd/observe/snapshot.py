@@ -30,6 +30,10 @@ class StreamSnapshot:
     fill_s: float  # time spent filling slots: fetch waits and decode
     bytes_sent: int = 0  # array bytes of the batches handed over (valid records only): `prefetchd status`'s MB/s
     decode_s: float = 0.0  # decoding batches whose bytes had arrived (IDX scaling; JPEG workers, staging included)
+    # its S3 requests at the daemon's shared bucket gates: out now, queued for a turn, and let in so far
+    fetches_in_flight: int = 0
+    fetches_waiting: int = 0
+    fetches_admitted: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,7 +118,8 @@ async def scan_offsets(router: SourceRouter, info: ObjectInfo, executor: Executo
 
 @dataclass(frozen=True, slots=True)
 class Chunks:
-    """Consecutive records grouped into ranges of about `chunk_bytes`: the unit of fetching."""
+    """Consecutive records grouped into ranges of at most about `chunk_bytes`: the unit of fetching. A chunk
+    holds the part's records that start in one `chunk_bytes` cell of the object."""
 
     of_record: NDArray[np.int64]  # chunk number of each record of the partition (relative numbering)
     start: NDArray[np.int64]  # byte offset of each chunk
@@ -131,7 +132,9 @@ def group_chunks(offsets: NDArray[np.int64], lengths: NDArray[np.int64], part: r
         return Chunks(empty, empty, empty)
     starts = offsets[part.start : part.stop]
     ends = starts + lengths[part.start : part.stop]
-    nominal = (starts - starts[0]) // chunk_bytes
+    # the grid is the object's, not the part's: every part (any number of parts) cuts the same ranges
+    # away from its ends, so ranks and later epochs with other parts find them in the epoch cache
+    nominal = starts // chunk_bytes
     new_chunk = np.ones(len(starts), dtype=bool)
     new_chunk[1:] = nominal[1:] != nominal[:-1]
     of_record = np.cumsum(new_chunk) - 1

@@ -52,6 +52,7 @@ class RingWriter:
         self._free: deque[int] = deque(range(geometry.slot_count))
         self._freed = asyncio.Event()
         self._published = 0
+        self._ready = 0  # slots READY: published, not yet released (kept, so that all_ready() costs nothing)
         self._views = [self._slot_arrays(slot) for slot in range(geometry.slot_count)]
 
     def _slot_arrays(self, slot: int) -> dict[str, NDArray[Any]]:
@@ -77,6 +78,10 @@ class RingWriter:
     def has_free_slot(self) -> bool:
         return bool(self._free)
 
+    def all_ready(self) -> bool:
+        """Every slot holds a batch the client has not released: there is nothing to fill until it does."""
+        return self._ready == len(self._states)
+
     def arrays(self, slot: int) -> dict[str, NDArray[Any]]:
         if self._states[slot] is not SlotState.FILLING:
             raise RuntimeError(f"slot {slot} is {self._states[slot].name}; only a FILLING slot may be written")
@@ -85,6 +90,7 @@ class RingWriter:
     def publish(self, slot: int, *, epoch: int, seq: int, valid: int, pad: int) -> int:
         """Write the slot header and hand the slot to the client; returns its fill number."""
         self._states[slot] = transition(self._states[slot], SlotEvent.PUBLISH, slot=slot)
+        self._ready += 1
         self._published += 1
         self._fills[slot] = self._published
         header = SlotHeader(self._published, epoch, seq, valid, pad, int(SlotState.READY))
@@ -104,6 +110,7 @@ class RingWriter:
         if self._fills[slot] != fill:
             raise RemoteProtocolError(f"Release of slot {slot} names fill {fill}, the slot holds {self._fills[slot]}")
         self._states[slot] = transition(self._states[slot], SlotEvent.RELEASE, slot=slot)
+        self._ready -= 1
         self._free.append(slot)
         self._freed.set()
 

@@ -24,6 +24,7 @@ from typing import Any
 from prefetchd_client.errors import PrefetchdError, RemoteProtocolError
 from prefetchd_client.protocol import Batch, Close, EndOfEpoch, Error, Open, Release, Seek
 
+from ..fetch.flow import Flow, current_flow
 from ..observe.snapshot import StreamSnapshot
 from ..plan.epoch import BatchSpec, EpochPlan
 from ..readers.base import EpochFill, FillResult, Reader
@@ -64,9 +65,12 @@ class Stream:
         first = ring.geometry.arrays[0].shape
         self._records_per_slot = first[0] if first and first[0] > 0 else 1
         self._slot_payload_bytes = sum(array.nbytes for array in ring.geometry.arrays)
+        # its GETs at the daemon's shared gates; with a ring full of unread batches they are read-ahead only
+        self.flow = Flow(f"stream {stream_id}", ahead=ring.all_ready)
 
     async def run(self) -> None:
         """Serve until the client closes, goes away or breaks the protocol; errors propagate."""
+        current_flow.set(self.flow)  # inherited by every task below: the producer's fetches count as ours
         async with asyncio.TaskGroup() as group:
             self._producers = [group.create_task(self._produce(self.request.epoch, self.request.batch))]
             watcher = group.create_task(wait_for_exit(self.peer.credentials.pid))
@@ -211,6 +215,9 @@ class Stream:
             fill_s=self._fill_s,
             bytes_sent=self._bytes_sent,
             decode_s=self.reader.decode_s,
+            fetches_in_flight=self.flow.in_flight,
+            fetches_waiting=self.flow.waiting,
+            fetches_admitted=self.flow.admitted,
         )
 
     def __repr__(self) -> str:

@@ -1,4 +1,5 @@
-"""The bucket's admission gate (prefetchd/fetch/admission.py): the AIMD limit applied to requests in flight."""
+"""The bucket's admission gate (prefetchd/fetch/admission.py): the AIMD limit applied to requests in flight,
+and the turns streams take at it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 
 from prefetchd.fetch.admission import AdmissionGate, Ending
 from prefetchd.fetch.aimd import AimdLimit
+from prefetchd.fetch.flow import Flow, current_flow
 
 
 async def _settle() -> None:
@@ -111,5 +113,76 @@ def test_a_waiter_cancelled_in_line_takes_no_place() -> None:
         assert (gate.statistics().in_flight, gate.statistics().waiting) == (0, 0)
         async with gate.admitted():  # the place is free for the next
             assert gate.statistics().in_flight == 1
+
+    asyncio.run(scenario())
+
+
+async def _flow_requests(gate: AdmissionGate, plan: list[tuple[Flow, int]]) -> list[str]:
+    """Start `count` requests of each flow, in that order, behind one request that holds the only place;
+    let them all through one at a time and return the order they entered in (flow names)."""
+    entered: list[str] = []
+    blocker_leaves = asyncio.Event()
+
+    async def blocker() -> None:
+        async with gate.admitted():
+            await blocker_leaves.wait()
+
+    async def request(flow: Flow) -> None:
+        current_flow.set(flow)  # as a stream's tasks inherit it
+        async with gate.admitted():
+            entered.append(flow.name)
+            await asyncio.sleep(0)
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(blocker())
+        await _settle()
+        for flow, count in plan:
+            for _ in range(count):
+                group.create_task(request(flow))
+        await _settle()
+        assert gate.statistics().waiting == sum(count for _, count in plan)
+        assert gate.statistics().flows_waiting == len(plan)
+        assert all(flow.waiting == count and flow.in_flight == 0 for flow, count in plan)
+        blocker_leaves.set()
+    return entered
+
+
+def test_streams_waiting_at_a_full_gate_take_turns() -> None:
+    async def scenario() -> None:
+        gate = AdmissionGate("bucket", AimdLimit(1))
+        first, second = Flow("first"), Flow("second")
+        entered = await _flow_requests(gate, [(first, 5), (second, 2)])
+        # first come, first served would let all five of the first stream's read-ahead in before the second's
+        assert entered == ["first", "second", "first", "second", "first", "first", "first"]
+        assert [(f.in_flight, f.waiting, f.admitted) for f in (first, second)] == [(0, 0, 5), (0, 0, 2)]
+        assert gate.statistics().in_flight == 0 and gate.statistics().flows_waiting == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_stream_whose_trainer_has_batches_queued_waits_behind_the_others() -> None:
+    async def scenario() -> None:
+        gate = AdmissionGate("bucket", AimdLimit(1))
+        stalled = Flow("stalled", ahead=lambda: True)
+        others = [Flow(f"other{n}") for n in range(2)]
+        entered = await _flow_requests(gate, [(stalled, 3), (others[0], 2), (others[1], 1)])
+        assert entered == ["other0", "other1", "other0", "stalled", "stalled", "stalled"]
+
+    asyncio.run(scenario())
+
+
+def test_a_stream_that_catches_up_takes_turns_again() -> None:
+    async def scenario() -> None:
+        gate = AdmissionGate("bucket", AimdLimit(1))
+        ring_full = [True]
+        catching_up, other = Flow("catching_up", ahead=lambda: ring_full[0]), Flow("other")
+
+        def other_entered_once() -> bool:
+            ring_full[0] = False  # the first trainer took a batch meanwhile: a slot is free to fill
+            return False
+
+        other.ahead = other_entered_once  # asked when the first turn is chosen
+        entered = await _flow_requests(gate, [(catching_up, 2), (other, 3)])
+        assert entered == ["other", "catching_up", "other", "catching_up", "other"]
 
     asyncio.run(scenario())

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
 
+from prefetchd.fetch.admission import AdmissionGate
+from prefetchd.fetch.aimd import AimdLimit
 from prefetchd.fetch.cache import ChunkCache
+from prefetchd.fetch.flow import Flow, current_flow
 from prefetchd.fetch.local import LocalSource
 from prefetchd.fetch.source import ObjectInfo
+
+T = TypeVar("T")
 
 
 class CountingSource:
@@ -94,3 +101,89 @@ def test_a_failed_read_is_not_cached(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="changed"):
         asyncio.run(cache.fetch(info, 0, 100, source.read_range))
     assert cache.statistics().entries == 0
+
+
+class GatedSource(CountingSource):
+    """Reads wait until the test opens the gate, so that several streams ask for a range while it is read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def read_range(self, info: ObjectInfo, start: int, out: memoryview) -> None:
+        self.reads.append((start, len(out)))
+        await self.gate.wait()
+        await self.source.read_range(info, start, out)
+
+
+def test_streams_asking_for_a_range_being_read_share_that_read(tmp_path: Path) -> None:
+    data = np.random.default_rng(1).integers(0, 256, 10_000, dtype=np.uint8).tobytes()
+    info = _write(tmp_path / "object", data)
+    cache, source = ChunkCache(1 << 20), GatedSource()
+
+    async def ranks() -> list[bytes]:
+        fetches = [asyncio.create_task(cache.fetch(info, 2000, 4000, source.read_range)) for _ in range(4)]
+        await asyncio.sleep(0)
+        source.gate.set()
+        return [buffer.tobytes() for buffer in await asyncio.gather(*fetches)]
+
+    assert asyncio.run(ranks()) == [data[2000:6000]] * 4
+    assert source.reads == [(2000, 4000)], "one GET for four streams"
+    assert (cache.statistics().misses, cache.statistics().hits) == (1, 3)
+
+
+def test_a_cancelled_reader_leaves_the_range_to_those_who_wait_for_it(tmp_path: Path) -> None:
+    data = np.random.default_rng(2).integers(0, 256, 10_000, dtype=np.uint8).tobytes()
+    info = _write(tmp_path / "object", data)
+    cache, source = ChunkCache(1 << 20), GatedSource()
+
+    async def scenario() -> bytes:
+        first = asyncio.create_task(cache.fetch(info, 0, 1000, source.read_range))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(cache.fetch(info, 0, 1000, source.read_range))
+        await asyncio.sleep(0)
+        first.cancel()  # its stream closed mid-read
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        source.gate.set()
+        return (await second).tobytes()
+
+    assert asyncio.run(scenario()) == data[:1000]
+    assert source.reads == [(0, 1000), (0, 1000)], "the waiter read it itself"
+
+
+def test_a_stalled_streams_read_that_another_stream_waits_for_does_not_wait_behind_everyone(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 8
+    info = _write(tmp_path / "object", data)
+    cache, local = ChunkCache(1 << 20), LocalSource()
+    gate = AdmissionGate("bucket", AimdLimit(1))
+    entered: list[str] = []
+
+    async def read_range(info: ObjectInfo, start: int, out: memoryview) -> None:
+        async with gate.admitted():  # as S3Source reads: one place at the bucket's gate per try
+            flow = current_flow.get()
+            entered.append("none" if flow is None else flow.name)
+            await local.read_range(info, start, out)
+
+    async def as_flow(flow: Flow, work: Awaitable[T]) -> T:
+        current_flow.set(flow)
+        return await work
+
+    async def scenario() -> bytes:
+        stalled, busy, waiting = Flow("stalled", ahead=lambda: True), Flow("busy"), Flow("waiting")
+        async with gate.admitted():  # the gate is full while the others line up
+            stalled_read = asyncio.create_task(as_flow(stalled, cache.fetch(info, 0, 512, read_range)))
+            await asyncio.sleep(0)
+            busy_reads = [asyncio.create_task(as_flow(busy, read_range(info, 512, memoryview(bytearray(8)))))]
+            busy_reads += [asyncio.create_task(as_flow(busy, read_range(info, 520, memoryview(bytearray(8)))))]
+            await asyncio.sleep(0)
+            shared = asyncio.create_task(as_flow(waiting, cache.fetch(info, 0, 512, read_range)))
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert stalled.borrowers == 1 and gate.statistics().waiting == 3
+        await asyncio.gather(stalled_read, *busy_reads)
+        return (await shared).tobytes()
+
+    assert asyncio.run(scenario()) == data[:512]
+    # without the borrower, the stalled stream's read-ahead would go last: ["busy", "busy", "stalled"]
+    assert entered == ["stalled", "busy", "busy"]

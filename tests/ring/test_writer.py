@@ -297,6 +297,24 @@ def test_statistics_and_repr_count_slot_states(writer: RingWriter) -> None:
     asyncio.run(body())
 
 
+def test_all_ready_only_while_every_slot_waits_for_the_client(writer: RingWriter) -> None:
+    """What the bucket gates ask of a stream: with nothing to fill, its GETs are read-ahead and go last."""
+
+    async def body() -> list[bool]:
+        seen = [writer.all_ready()]
+        slots = [await writer.acquire() for _ in range(3)]
+        seen.append(writer.all_ready())
+        fills = [writer.publish(slot, epoch=0, seq=n, valid=4, pad=0) for n, slot in enumerate(slots[:2])]
+        seen.append(writer.all_ready())  # one slot still filling
+        fills.append(writer.publish(slots[2], epoch=0, seq=2, valid=4, pad=0))
+        seen.append(writer.all_ready())
+        writer.release(slots[0], fills[0])
+        seen.append(writer.all_ready())  # the client took one: a slot to fill
+        return seen
+
+    assert asyncio.run(body()) == [False, False, False, True, False]
+
+
 def test_writer_close_closes_the_segment(segment: Segment) -> None:
     ring = RingWriter(segment, geometry())
     fd = segment.fd

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
 import signal
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,9 +17,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from prefetchd.formats.recordio import MAGIC
 from prefetchd.testing.daemon_process import DaemonProcess
-from prefetchd_client import BatchIterator, InvalidRequest, StreamDataset, idx_dataset
+from prefetchd.testing.image_records import synthetic_image
+from prefetchd_client import BatchIterator, InvalidRequest, StreamDataset, idx_dataset, recordio_dataset, recordio_iter
 from prefetchd_client.layout import SlotState
+from tests.conftest import Objects
 from tests.helpers import reference_arrays
 
 # error: a warning from from_numpy on a ring view would reach every trainer
@@ -193,3 +198,43 @@ for data, label in DataLoader(dataset, batch_size=None):
     assert result.returncode == -signal.SIGSEGV  # the ring is mapped read-only: no silent corruption
     order, _ = _epoch(DataLoader(_dataset(daemon, fashion_urls, batch_size=100, with_index=True), batch_size=None))
     assert len(order) == 10_000
+
+
+def test_a_pickled_dataset_opens_its_own_stream(daemon: DaemonProcess, fashion_urls: dict[str, str]) -> None:
+    """What a spawned worker gets: the settings and the epoch, not the parent's stream."""
+    dataset = _dataset(daemon, fashion_urls, batch_size=1000, shuffle=True, seed=4, with_index=True)
+    first, _ = _epoch(DataLoader(dataset, batch_size=None))
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert copy.stream is None and dataset.stream is not None
+    second, _ = _epoch(DataLoader(copy, batch_size=None))
+    assert copy.stream is not dataset.stream
+    dataset.set_epoch(1)
+    assert torch.equal(second, _epoch(DataLoader(dataset, batch_size=None))[0])
+    assert not torch.equal(first, second)
+
+
+def _rec_bytes(pictures: list[np.ndarray]) -> bytes:
+    """A RecordIO file of PNG image records, label = position (MXNet, the usual writer, is not in this env)."""
+    import cv2
+
+    out = bytearray()
+    for position, picture in enumerate(pictures):
+        payload = struct.pack("<IfQQ", 0, float(position), position, 0) + cv2.imencode(".png", picture)[1].tobytes()
+        assert struct.pack("<I", MAGIC) not in payload  # such a record would have to be split in parts
+        out += struct.pack("<II", MAGIC, len(payload)) + payload + bytes(-len(payload) % 4)
+    return bytes(out)
+
+
+def test_recordio_batches_are_the_numpy_iterators(daemon: DaemonProcess, objects: Objects) -> None:
+    rng = np.random.default_rng(3)
+    rec = objects.put("pictures.rec", _rec_bytes([synthetic_image(rng, 40, 48) for _ in range(10)]))
+    options: dict[str, Any] = {"batch_size": 4, "data_shape": (3, 32, 32), "resize": 36, "last_batch": "keep"}
+    with recordio_iter(rec, socket_path=daemon.socket_path, **options) as batches:
+        expected = [(batch.data.copy(), batch.label.copy()) for batch in batches]
+    dataset = recordio_dataset(rec, socket_path=daemon.socket_path, **options)
+    got = [(data.clone(), label.clone()) for data, label in DataLoader(dataset, batch_size=None)]
+    assert [tuple(data.shape) for data, _ in got] == [(4, 3, 32, 32), (4, 3, 32, 32), (2, 3, 32, 32)]
+    assert torch.equal(torch.cat([label for _, label in got]), torch.arange(10, dtype=torch.float32))
+    for (data, label), (want_data, want_label) in zip(got, expected, strict=True):
+        assert torch.equal(data, torch.from_numpy(want_data))
+        assert torch.equal(label, torch.from_numpy(want_label))

@@ -157,6 +157,17 @@ def test_two_workers_read_each_record_once_per_epoch(
     assert sorted(order.tolist()) == list(range(10_000))
 
 
+def test_persistent_workers_go_on_to_the_next_epoch_by_themselves(
+    daemon: DaemonProcess, fashion_urls: dict[str, str]
+) -> None:
+    dataset = _dataset(daemon, fashion_urls, batch_size=500, shuffle=True, seed=9, with_index=True)
+    loader = DataLoader(dataset, batch_size=None, num_workers=2, persistent_workers=True)
+    first, _ = _epoch(loader)
+    second, _ = _epoch(loader)
+    assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(10_000))
+    assert not torch.equal(first, second), "each worker's stream went on to its next epoch"
+
+
 def test_epochs_follow_one_another_and_set_epoch_goes_back(daemon: DaemonProcess, fashion_urls: dict[str, str]) -> None:
     dataset = _dataset(daemon, fashion_urls, batch_size=1000, shuffle=True, seed=2, with_index=True)
     loader = DataLoader(dataset, batch_size=None)

@@ -93,7 +93,8 @@ class StreamDataset(IterableDataset):  # type: ignore[misc]  # torch is Any to m
         """Run `epoch` on the next `iter()`, as DistributedSampler.set_epoch does.
 
         In one process epochs follow one another without it. With num_workers > 0 and no persistent workers,
-        each epoch's workers start from this object, so call it before each epoch or every epoch repeats one.
+        each epoch's workers start from this object, so call it before each epoch or every epoch repeats one;
+        persistent workers hold their own copies, which go on by themselves and which this cannot reach.
         """
         self._epoch = epoch
 

@@ -10,6 +10,8 @@ STAMP := $(VENV)/.installed
 # A second environment with numpy 2 and no MXNet: the client and the daemon must run there too.
 VENV2 ?= .venv-numpy2
 STAMP2 := $(VENV2)/.installed
+# PyTorch's CPU build (the second environment's torch) is a wheel on the machines' disk, not on PyPI.
+TORCH_WHEELS ?= /opt/wheels
 
 .PHONY: demo test lint typecheck pytest pytest-numpy2 bench lock clean
 
@@ -23,7 +25,7 @@ $(STAMP): requirements/lock.txt pyproject.toml client/pyproject.toml
 $(STAMP2): requirements/lock-numpy2.txt pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV2)
 	$(VENV2)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(VENV2)/bin/uv pip sync --quiet --python $(VENV2)/bin/python requirements/lock-numpy2.txt
+	$(VENV2)/bin/uv pip sync --quiet --python $(VENV2)/bin/python --find-links $(TORCH_WHEELS) requirements/lock-numpy2.txt
 	$(VENV2)/bin/uv pip install --quiet --python $(VENV2)/bin/python --no-deps -e ./client -e .
 	touch $(STAMP2)
 
@@ -41,8 +43,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+# torch is in the numpy-2 environment only: its tests carry the torch mark and run in pytest-numpy2.
+TORCH_MODULES := tests/e2e/test_torch_dataset.py
 pytest: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not torch" $(TORCH_MODULES:%=--ignore=%) $(PYTEST_ARGS)
 
 # Everything that does not need MXNet, again on numpy 2 (tests that need MXNet carry the mxnet mark;
 # these modules import it at the top, so they are not even collected there).
@@ -63,7 +67,8 @@ bench: $(STAMP)
 # The images' locks (docker/Dockerfile) take their pins from the first two: they never disagree with the suite's.
 lock: $(STAMP)
 	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 --no-header requirements/dev.in -o requirements/lock.txt
-	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 --no-header requirements/numpy2.in -o requirements/lock-numpy2.txt
+	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 --no-header --find-links $(TORCH_WHEELS) requirements/numpy2.in \
+		-o requirements/lock-numpy2.txt
 	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 --no-header requirements/daemon.in \
 		-c requirements/lock-numpy2.txt -o requirements/lock-daemon.txt
 	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 --no-header requirements/trainer.in \

@@ -54,6 +54,8 @@ def test_client_imports_only_numpy_and_the_standard_library(path: Path) -> None:
     allowed = set(sys.stdlib_module_names) | {"numpy", "prefetchd_client"}
     if path.name in ("mxnet.py", "mxnet_s3.py"):
         allowed.add("mxnet")  # the adapters, imported lazily
+    if path.name == "torch.py":
+        allowed.add("torch")  # the PyTorch adapter, imported lazily
     assert _imports(path) <= allowed, _imports(path) - allowed
 
 
@@ -62,6 +64,13 @@ def test_mxnet_loads_only_when_an_adapter_is_asked_for() -> None:
     assert sorted(p.name for p in eager) == ["mxnet.py", "mxnet_s3.py"]
     init = (CLIENT / "__init__.py").read_text()
     assert "from .adapters import mxnet" in init.split("def __getattr__")[1], "imported inside __getattr__ only"
+
+
+def test_torch_loads_only_when_its_adapter_is_asked_for() -> None:
+    eager = [p.relative_to(CLIENT).as_posix() for p in _sources(CLIENT) if "torch" in _imports(p)]
+    assert eager == ["adapters/torch.py"]
+    init = (CLIENT / "__init__.py").read_text()
+    assert "from .adapters import torch" in init.split("def __getattr__")[1], "imported inside __getattr__ only"
 
 
 def test_botocore_is_seen_by_the_s3_modules_only() -> None:

@@ -20,10 +20,13 @@ def test_the_readme_has_examples() -> None:
     assert len(EXAMPLES) >= 3
 
 
-CASES = [
-    pytest.param(example, id=f"example-{i}", marks=[pytest.mark.mxnet] if "import mxnet" in example else [])
-    for i, example in enumerate(EXAMPLES)
-]
+def _marks(example: str) -> list[pytest.MarkDecorator]:
+    """What an example needs beyond the client: MXNet (the first environment) or torch (the numpy-2 one)."""
+    needs = {"import mxnet": pytest.mark.mxnet, "import torch": pytest.mark.torch}
+    return [mark for line, mark in needs.items() if line in example]
+
+
+CASES = [pytest.param(example, id=f"example-{i}", marks=_marks(example)) for i, example in enumerate(EXAMPLES)]
 
 
 @pytest.mark.parametrize("example", CASES)

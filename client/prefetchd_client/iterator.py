@@ -69,6 +69,7 @@ class BatchIterator:
     ) -> None:
         self.request = request
         self.timeout_s = timeout_s
+        self._owner_pid = os.getpid()  # a forked child inherits the socket, not the stream: see close()
         self._socket_path = socket_path
         self._autostart = autostart
         self._conn, self._ring, self.opened = self._open(request)
@@ -294,6 +295,11 @@ class BatchIterator:
     def _check_usable(self) -> None:
         if self._closed:
             raise StreamClosed("this iterator was closed; open a new one")
+        if os.getpid() != self._owner_pid:
+            raise StreamClosed(
+                f"this stream belongs to process {self._owner_pid}, which opened it; a forked process "
+                "(a DataLoader worker, say) must open a stream of its own"
+            )
         if self._broken is not None:
             raise self._broken
 
@@ -301,10 +307,11 @@ class BatchIterator:
         if self._closed:
             return
         self._closed = True
-        try:
-            self._conn.send(Close())
-        except PrefetchdError:
-            pass  # the daemon is gone already; nothing to tell it
+        if os.getpid() == self._owner_pid:  # a forked child's Close would end its parent's stream
+            try:
+                self._conn.send(Close())
+            except PrefetchdError:
+                pass  # the daemon is gone already; nothing to tell it
         self._conn.close()
         if self._ring is not None:
             self._ring.close()

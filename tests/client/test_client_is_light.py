@@ -8,7 +8,7 @@ import sys
 
 from prefetchd.testing.daemon_process import DaemonProcess
 
-HEAVY = ("aiobotocore", "aiohttp", "uvloop", "botocore", "boto3", "prefetchd", "mxnet")
+HEAVY = ("aiobotocore", "aiohttp", "uvloop", "botocore", "boto3", "prefetchd", "mxnet", "torch")
 
 PROGRAM = """
 import json, sys

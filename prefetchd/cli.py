@@ -64,6 +64,27 @@ def main() -> None:
     help="Seconds without a byte before a GET is dropped and made again on a new connection [default: 10]",
 )
 @click.option(
+    "--hedge/--no-hedge",
+    default=None,
+    help="Race a GET that runs far behind its peers with a second request for its missing bytes [default: on]",
+)
+@click.option(
+    "--hedge-multiplier",
+    type=click.FloatRange(min=1),
+    help="Hedge a GET once it has run this many times its peers' p95 time [default: 2]",
+)
+@click.option(
+    "--hedge-min-delay",
+    "hedge_min_delay_s",
+    type=click.FloatRange(min=0),
+    help="Seconds a GET runs at least before it is hedged [default: 0.1]",
+)
+@click.option(
+    "--hedge-budget",
+    type=click.FloatRange(min=0, max=1),
+    help="Most hedges per completed GET, over time: the extra requests hedging may add [default: 0.05]",
+)
+@click.option(
     "--budget",
     "stream_budget_bytes",
     help="Fetched-but-unconsumed bytes per stream, e.g. 512MiB [default: 512MiB]",

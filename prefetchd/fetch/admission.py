@@ -63,11 +63,24 @@ class AdmissionGate:
         try:
             yield ticket
         finally:
-            if ticket.ending is Ending.SUCCEEDED:
-                self._succeeded()
-            elif ticket.ending is Ending.THROTTLED and self.limit.on_throttle(ticket.generation, self._in_flight):
-                log.info("%s: S3 asks to slow down; requests in flight now at most %d", self.name, self.limit.limit)
-            self._leave()
+            self.end(ticket)
+
+    def admit_now(self) -> Ticket | None:
+        """A place among the requests in flight if one is free now, else None: for a request that is worth
+        sending only at once (a hedge), never ahead of those waiting. Give it back with `end`."""
+        if self._waiters or self._in_flight >= self.limit.limit:
+            return None
+        self._in_flight += 1
+        self._admitted += 1
+        return Ticket(self.limit.generation)
+
+    def end(self, ticket: Ticket) -> None:
+        """The request holding `ticket` is over: report how it ended, and let the next waiter in."""
+        if ticket.ending is Ending.SUCCEEDED:
+            self._succeeded()
+        elif ticket.ending is Ending.THROTTLED and self.limit.on_throttle(ticket.generation, self._in_flight):
+            log.info("%s: S3 asks to slow down; requests in flight now at most %d", self.name, self.limit.limit)
+        self._leave()
 
     def _succeeded(self) -> None:
         before = self.limit.limit

@@ -1,0 +1,111 @@
+"""A slow GET raced by a hedge for the bytes it lacks: the first to bring them wins, the other is cancelled.
+
+Both write into the same buffer: the first request from the range's start, the hedge from wherever the
+first had got when the hedge went (`Progress.received`), on a fresh connection. The bytes are the same
+either way (both carry `If-Match` with the pinned ETag and have their Content-Range checked), so where the
+two overlap either's bytes will do. The loser is cancelled and awaited before the race returns: a cancelled
+GET stops writing into its buffer (`range_get` drops the connection; aiobotocore's body is closed), so
+nothing writes into the buffer once it is handed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from .hedge import Hedger, Outcome
+from .range_get import Progress
+
+FirstTry = Callable[[Progress], Coroutine[Any, Any, Any]]
+# a hedge from `offset` bytes into the range to its end; None when it cannot go now (the bucket is full)
+Hedge = Callable[[int, Progress], Coroutine[Any, Any, Any] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class RaceResult:
+    """`error` is None when the range is whole; else the first request's error, and `covered`: how many
+    bytes from the range's start are in the buffer (the first request's and, past them, the hedge's)."""
+
+    error: Exception | None
+    covered: int
+
+
+async def _settled(coroutine: Coroutine[Any, Any, Any]) -> Exception | None:
+    """A GET's error, or None when it brought its bytes (so the task group never cancels the other for it)."""
+    try:
+        await coroutine
+    except Exception as exc:
+        return exc
+    return None
+
+
+async def race(
+    size_bytes: int,
+    first_try: FirstTry,
+    hedge: Hedge,
+    *,
+    delay_s: float,
+    hedger: Hedger,
+    clock: Callable[[], float],
+) -> RaceResult:
+    """Run `first_try`; if it has not ended after `delay_s`, and the hedger's budget allows, race a hedge.
+
+    The time of whichever brought its bytes joins the hedger's samples (a hedge's under its own size).
+    """
+    first_progress, hedge_progress = Progress(), Progress()
+    started = hedge_started = clock()
+    outcome: Outcome | None = None
+    second: asyncio.Task[Exception | None] | None = None
+    offset = 0
+    try:
+        async with asyncio.TaskGroup() as group:
+            first = group.create_task(_settled(first_try(first_progress)))
+            await asyncio.wait([first], timeout=delay_s)
+            if not first.done() and hedger.start():
+                offset = first_progress.received
+                coroutine = hedge(offset, hedge_progress)
+                if coroutine is None:
+                    hedger.refund()
+                else:
+                    second = group.create_task(_settled(coroutine))
+                    hedge_started = clock()
+            if second is None:
+                error = await first
+                if error is None:
+                    hedger.completed(size_bytes, clock() - started)
+                return RaceResult(error, first_progress.received)
+            winner = await _first_whole(first, second)
+            for task in (first, second):
+                task.cancel()  # the loser, if it still runs; awaited as the task group ends
+        if winner is second:
+            outcome = Outcome.WON
+            hedger.completed(size_bytes - offset, clock() - hedge_started)
+        elif second.done() and not second.cancelled() and second.result() is not None:
+            outcome = Outcome.FAILED
+        else:
+            outcome = Outcome.LOST
+        if winner is first:
+            hedger.completed(size_bytes, clock() - started)
+        if winner is None:
+            error = first.result()
+            assert error is not None
+            return RaceResult(error, max(first_progress.received, offset + hedge_progress.received))
+        return RaceResult(None, size_bytes)
+    finally:
+        if second is not None:
+            hedger.ended(outcome or Outcome.LOST)  # cancelled from outside: it won nothing
+
+
+async def _first_whole(
+    first: asyncio.Task[Exception | None], second: asyncio.Task[Exception | None]
+) -> asyncio.Task[Exception | None] | None:
+    """The first of the two to bring its bytes (the first request on a tie), or None when both failed."""
+    pending: set[asyncio.Task[Exception | None]] = {first, second}
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in (first, second):
+            if task in done and task.result() is None:
+                return task
+    return None

@@ -1,14 +1,21 @@
 """When a ranged GET has fallen so far behind its peers that a second request should race it: tail hedging.
 
 Most GETs to a bucket take about as long as the others of their size; a few (a slow disk behind S3, a lost
-packet, a busy front end) take many times longer, and a stream waits on its slowest range. A GET still
-running after `multiplier` × the p95 of its peers' times (never sooner than `min_delay_s`) is raced by a
-second request for the bytes it has not received; the first to finish wins (`s3.py` runs the race).
+packet, a busy front end) take many times longer, and a stream waits on its slowest range. A GET is late
+- when its first byte has not come after `multiplier` × the p95 of its peers' first-byte times, or
+- when it has not ended after `multiplier` × the p95 of its peers' whole times,
+never sooner than `min_delay_s`. A late GET is raced by a second request for the bytes it has not received;
+the first to bring them wins (`race.py` runs the race).
 
-Peers are the GETs of the same size class (sizes within a factor of two), because a GET's time grows with
-its size; a class hedges only once it has `min_samples` times. A budget bounds the extra load: each
-completed GET earns `budget` of a hedge, up to `burst`, so an endpoint that is uniformly slow (every GET
-late, and the quantile not yet caught up) gets at most `budget` more requests, not twice as many.
+Two deadlines, because a GET's time is its first byte plus its body, and the body's share grows with its
+size and with how many GETs share the link: with 32 GETs of 3 MB sharing 300 MB/s, a whole GET takes
+~0.3 s, and a first byte that has not come after 0.6 s is long overdue while the whole GET is not. Every GET
+of the bucket is a peer for the first byte; for the whole time, peers are the GETs of the same size class
+(sizes within a factor of two). Each deadline applies once its peers number `min_samples`.
+
+A budget bounds the extra load: each completed GET earns `budget` of a hedge, up to `burst`, so an endpoint
+that is uniformly slow (every GET late, the quantiles not caught up yet) gets at most `budget` more
+requests, not twice as many.
 
 Pure: no clock and no I/O. The caller measures each GET's seconds; this decides.
 """
@@ -133,34 +140,54 @@ class HedgeStatistics:
 NO_HEDGES = HedgeStatistics(0, 0, 0, 0, 0, 0.0)
 
 
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """When a GET, counted from its start, is late: its first byte (None: no deadline), its end (None: none)."""
+
+    first_byte_s: float | None
+    whole_s: float | None
+
+
 class Hedger:
-    """One bucket's GET times, by size class, and its hedge budget: when to hedge, and whether one may go."""
+    """One bucket's GET times and its hedge budget: when a GET is late, and whether a hedge may go."""
 
     def __init__(self, policy: HedgePolicy) -> None:
         self.policy = policy
-        self._windows: dict[int, LatencyWindow] = {}
+        self._first_bytes = LatencyWindow(policy.window, policy.quantile)
+        self._wholes: dict[int, LatencyWindow] = {}
         self._budget = HedgeBudget(policy.budget, policy.burst)
         self._started = self._skipped = 0
         self._outcomes = dict.fromkeys(Outcome, 0)
 
-    def delay_s(self, size_bytes: int) -> float | None:
-        """How long a GET of `size_bytes` may run before it is hedged; None: it is not (too few peers yet,
-        or no hedge in the budget)."""
-        window = self._windows.get(size_class(size_bytes))
-        if window is None or len(window) < self.policy.min_samples or self._budget.left < 1.0:
+    def deadlines(self, size_bytes: int) -> Deadlines | None:
+        """When a GET of `size_bytes` is late; None when it will not be hedged whatever happens (too few
+        peers yet, or no hedge left in the budget)."""
+        if self._budget.left < 1.0:
+            return None
+        first_byte = self._deadline(self._first_bytes)
+        whole = self._deadline(self._wholes.get(size_class(size_bytes)))
+        if first_byte is None and whole is None:
+            return None
+        return Deadlines(first_byte, whole)
+
+    def _deadline(self, window: LatencyWindow | None) -> float | None:
+        if window is None or len(window) < self.policy.min_samples:
             return None
         return max(self.policy.min_delay_s, self.policy.multiplier * window.quantile_s())
 
-    def completed(self, size_bytes: int, seconds: float) -> None:
-        """A GET (a first request, or a hedge) brought all its `size_bytes` in `seconds`."""
-        window = self._windows.get(size_class(size_bytes))
-        if window is None:
-            window = self._windows[size_class(size_bytes)] = LatencyWindow(self.policy.window, self.policy.quantile)
-        window.add(seconds)
+    def completed(self, size_bytes: int, seconds: float, first_byte_s: float | None = None) -> None:
+        """A GET (a first request, or a hedge) brought all its `size_bytes` in `seconds`, its first byte
+        after `first_byte_s` (None: not measured)."""
+        whole = self._wholes.get(size_class(size_bytes))
+        if whole is None:
+            whole = self._wholes[size_class(size_bytes)] = LatencyWindow(self.policy.window, self.policy.quantile)
+        whole.add(seconds)
+        if first_byte_s is not None:
+            self._first_bytes.add(first_byte_s)
         self._budget.earn()
 
     def start(self) -> bool:
-        """A GET ran past its delay: whether its hedge may go (and, if so, it is counted and paid for)."""
+        """A GET is late: whether its hedge may go (and, if so, it is counted and paid for)."""
         if not self._budget.spend():
             self._skipped += 1
             return False

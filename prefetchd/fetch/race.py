@@ -1,4 +1,6 @@
-"""A slow GET raced by a hedge for the bytes it lacks: the first to bring them wins, the other is cancelled.
+"""A late GET raced by a hedge for the bytes it lacks: the first to bring them wins, the other is cancelled.
+
+A GET is late when its first byte or its end has not come by the deadlines `hedge.Hedger` sets.
 
 Both write into the same buffer: the first request from the range's start, the hedge from wherever the
 first had got when the hedge went (`Progress.received`), on a fresh connection. The bytes are the same
@@ -15,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from .hedge import Hedger, Outcome
+from .hedge import Deadlines, Hedger, Outcome
 from .range_get import Progress
 
 FirstTry = Callable[[Progress], Coroutine[Any, Any, Any]]
@@ -46,15 +48,15 @@ async def race(
     first_try: FirstTry,
     hedge: Hedge,
     *,
-    delay_s: float,
+    deadlines: Deadlines,
     hedger: Hedger,
     clock: Callable[[], float],
 ) -> RaceResult:
-    """Run `first_try`; if it has not ended after `delay_s`, and the hedger's budget allows, race a hedge.
+    """Run `first_try`; if it is late (`deadlines`), and the hedger's budget allows, race a hedge against it.
 
-    The time of whichever brought its bytes joins the hedger's samples (a hedge's under its own size).
+    The times of whichever brought its bytes join the hedger's samples (a hedge's under its own size).
     """
-    first_progress, hedge_progress = Progress(), Progress()
+    first_progress, hedge_progress = Progress(clock), Progress(clock)
     started = hedge_started = clock()
     outcome: Outcome | None = None
     second: asyncio.Task[Exception | None] | None = None
@@ -62,8 +64,7 @@ async def race(
     try:
         async with asyncio.TaskGroup() as group:
             first = group.create_task(_settled(first_try(first_progress)))
-            await asyncio.wait([first], timeout=delay_s)
-            if not first.done() and hedger.start():
+            if await _late(first, first_progress, deadlines, started, clock) and hedger.start():
                 offset = first_progress.received
                 coroutine = hedge(offset, hedge_progress)
                 if coroutine is None:
@@ -74,20 +75,20 @@ async def race(
             if second is None:
                 error = await first
                 if error is None:
-                    hedger.completed(size_bytes, clock() - started)
+                    _completed(hedger, size_bytes, first_progress, started, clock)
                 return RaceResult(error, first_progress.received)
             winner = await _first_whole(first, second)
             for task in (first, second):
                 task.cancel()  # the loser, if it still runs; awaited as the task group ends
         if winner is second:
             outcome = Outcome.WON
-            hedger.completed(size_bytes - offset, clock() - hedge_started)
+            _completed(hedger, size_bytes - offset, hedge_progress, hedge_started, clock)
         elif second.done() and not second.cancelled() and second.result() is not None:
             outcome = Outcome.FAILED
         else:
             outcome = Outcome.LOST
         if winner is first:
-            hedger.completed(size_bytes, clock() - started)
+            _completed(hedger, size_bytes, first_progress, started, clock)
         if winner is None:
             error = first.result()
             assert error is not None
@@ -96,6 +97,36 @@ async def race(
     finally:
         if second is not None:
             hedger.ended(outcome or Outcome.LOST)  # cancelled from outside: it won nothing
+
+
+async def _late(
+    first: asyncio.Task[Exception | None],
+    progress: Progress,
+    deadlines: Deadlines,
+    started: float,
+    clock: Callable[[], float],
+) -> bool:
+    """Wait until `first` ends (False) or is late (True): no first byte by its deadline, or not whole by its."""
+    while True:
+        waits = [deadlines.whole_s] if deadlines.whole_s is not None else []
+        if deadlines.first_byte_s is not None and progress.first_byte_at is None:
+            waits.append(deadlines.first_byte_s)
+        if not waits:
+            await asyncio.wait([first])
+            return False
+        await asyncio.wait([first], timeout=max(0.0, started + min(waits) - clock()))
+        if first.done():
+            return False
+        elapsed = clock() - started
+        if deadlines.whole_s is not None and elapsed >= deadlines.whole_s:
+            return True
+        if deadlines.first_byte_s is not None and progress.first_byte_at is None and elapsed >= deadlines.first_byte_s:
+            return True
+
+
+def _completed(hedger: Hedger, size_bytes: int, progress: Progress, started: float, clock: Callable[[], float]) -> None:
+    first_byte_s = None if progress.first_byte_at is None else progress.first_byte_at - started
+    hedger.completed(size_bytes, clock() - started, first_byte_s)
 
 
 async def _first_whole(

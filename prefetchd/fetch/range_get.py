@@ -49,12 +49,20 @@ class BodyBroken(Exception):
 
 
 class Progress:
-    """How many body bytes of a GET have reached the caller's buffer so far: what a hedge need not ask for."""
+    """How far a GET has got: when its answer's head came (`clock`'s time; None: not yet), and how many body
+    bytes have reached the caller's buffer (what a hedge need not ask for)."""
 
-    __slots__ = ("received",)
+    __slots__ = ("_clock", "first_byte_at", "received")
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.first_byte_at: float | None = None
         self.received = 0
+
+    def arrived(self) -> None:
+        """The head of the answer asked for has come: the first byte's time."""
+        if self.first_byte_at is None:
+            self.first_byte_at = self._clock()
 
 
 class _StaleConnection(Exception):
@@ -165,6 +173,8 @@ class _Exchange(asyncio.BufferedProtocol):
             self._fail(MalformedResponse(f"{len(early) - len(self._target)} bytes past the body's end"))
             return
         self.accepted = True
+        if self._progress is not None:
+            self._progress.arrived()
         self._out = self._target
         self._out[: len(early)] = early
         self._received = len(early)

@@ -402,11 +402,13 @@ class S3Source:
         hedger = self._hedger(location.bucket)
         if hedger is None:
             return await self._get_into(location, info, first, out, generation)
-        delay_s = hedger.delay_s(len(out))
-        if delay_s is None:  # no hedge can go: time it, for the peers of those that come later
+        deadlines = hedger.deadlines(len(out))
+        if deadlines is None:  # no hedge can go: time it, for the peers of those that come later
+            progress = Progress(self._clock)
             started = self._clock()
-            got = await self._get_into(location, info, first, out, generation)
-            hedger.completed(len(out), self._clock() - started)
+            got = await self._get_into(location, info, first, out, generation, progress=progress)
+            first_byte_s = None if progress.first_byte_at is None else progress.first_byte_at - started
+            hedger.completed(len(out), self._clock() - started, first_byte_s)
             return got
 
         def first_try(progress: Progress) -> Coroutine[Any, Any, int]:
@@ -415,7 +417,7 @@ class S3Source:
         def hedge(offset: int, progress: Progress) -> Coroutine[Any, Any, int] | None:
             return self._hedge_into(location, info, first + offset, out[offset:], generation, progress)
 
-        result = await race(len(out), first_try, hedge, delay_s=delay_s, hedger=hedger, clock=self._clock)
+        result = await race(len(out), first_try, hedge, deadlines=deadlines, hedger=hedger, clock=self._clock)
         if result.error is None:
             return len(out)
         if isinstance(result.error, TryFailed):
@@ -529,6 +531,8 @@ class S3Source:
         except (ClientError, BotoCoreError) as exc:
             raise _failed_try(exc, info.url, first) from exc
         self._check_range(response, info, first, last)
+        if progress is not None:
+            progress.arrived()
         body = response["Body"]
         received = 0
         try:

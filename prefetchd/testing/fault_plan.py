@@ -154,7 +154,8 @@ class FaultCounts:
     reset: int = 0
     truncate: int = 0
     stall: int = 0
-    pause: int = 0  # counted when the paused answer ends (sent whole, or left by the client)
+    pause: int = 0  # bodies paused partway
+    pause_ended: int = 0  # paused answers that ended: sent whole, or left by the client
     expired_token: int = 0
     hung_up: int = 0  # answers the client left before their end: read-aheads cancelled when a stream closes
 

@@ -145,7 +145,8 @@ class FaultInjector:
         self, answer: aiohttp.ClientResponse, response: web.StreamResponse, cut_bytes: int, what: str
     ) -> None:
         """The first `cut_bytes` of the body, a wait of `pause_ms`, then the rest (inverted if `pause_garbles`).
-        Counted when it ends, whether the client took it all or left during the wait."""
+        Counted as `pause` when the wait begins, and as `pause_ended` when the answer ends, whether the client
+        took it all or had left."""
         rates = self.plan.rates
         sent = 0
         paused = False
@@ -154,6 +155,8 @@ class FaultInjector:
                 if not paused and sent + len(piece) >= cut_bytes:
                     before = cut_bytes - sent
                     await response.write(piece[:before])
+                    garbled = ", the rest garbled" if rates.pause_garbles else ""
+                    self._record(Fault.PAUSE, f"{what} for {rates.pause_ms:g} ms after {cut_bytes} bytes{garbled}")
                     await asyncio.sleep(rates.pause_ms / 1000)
                     paused, piece = True, piece[before:]
                 if paused and rates.pause_garbles:
@@ -162,8 +165,7 @@ class FaultInjector:
                 sent += len(piece)
             await response.write_eof()
         finally:
-            garbled = ", the rest garbled" if rates.pause_garbles else ""
-            self._record(Fault.PAUSE, f"{what} for {rates.pause_ms:g} ms after {cut_bytes} bytes{garbled}")
+            self.counts["pause_ended"] += int(paused)
 
     async def close(self) -> None:
         await self.upstream.close()

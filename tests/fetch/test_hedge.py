@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
-from prefetchd.fetch.hedge import HedgeBudget, HedgePolicy, Hedger, LatencyWindow, size_class
+from prefetchd.fetch.hedge import Deadlines, HedgeBudget, HedgePolicy, Hedger, LatencyWindow, size_class
 from prefetchd.fetch.race import race
 from prefetchd.fetch.range_get import Progress
 
 MiB = 1 << 20
+LATE_AT_ONCE = Deadlines(first_byte_s=None, whole_s=0.0)
 POLICY = HedgePolicy(multiplier=2.0, min_delay_s=0.1, budget=0.05, burst=10.0, min_samples=20, window=200)
 
 
@@ -29,34 +30,53 @@ def warmed(times: list[float], size: int = 8 * MiB, policy: HedgePolicy = POLICY
     return hedger
 
 
+def whole_s(hedger: Hedger, size: int) -> float | None:
+    """When a GET of `size` is late as a whole (None: never, or it would not be hedged anyway)."""
+    deadlines = hedger.deadlines(size)
+    return None if deadlines is None else deadlines.whole_s
+
+
 def test_a_size_class_hedges_only_once_it_has_enough_times() -> None:
     hedger = warmed([0.2] * 19)
-    assert hedger.delay_s(8 * MiB) is None, "19 times say little about a tail"
+    assert whole_s(hedger, 8 * MiB) is None, "19 times say little about a tail"
     hedger.completed(8 * MiB, 0.2)
-    assert hedger.delay_s(8 * MiB) == pytest.approx(0.4)
+    assert whole_s(hedger, 8 * MiB) == pytest.approx(0.4)
 
 
 def test_the_delay_is_the_multiplier_times_the_p95_and_never_below_the_floor() -> None:
     times = [i / 100 for i in range(1, 101)]  # 0.01 ... 1.00 s: the nearest-rank p95 is 0.95
-    assert warmed(random.Random(1).sample(times, 100)).delay_s(8 * MiB) == pytest.approx(1.9)
+    assert whole_s(warmed(random.Random(1).sample(times, 100)), 8 * MiB) == pytest.approx(1.9)
     fast = warmed([0.004] * 50)
-    assert fast.delay_s(8 * MiB) == pytest.approx(0.1), "2 × 4 ms is below the floor: the floor it is"
+    assert whole_s(fast, 8 * MiB) == pytest.approx(0.1), "2 × 4 ms is below the floor: the floor it is"
     loose = HedgePolicy(multiplier=3.0, min_delay_s=0.0)
-    assert warmed([0.5] * 20, policy=loose).delay_s(8 * MiB) == pytest.approx(1.5)
+    assert whole_s(warmed([0.5] * 20, policy=loose), 8 * MiB) == pytest.approx(1.5)
 
 
 def test_a_few_slow_gets_do_not_move_the_p95_but_many_do() -> None:
     normal = [0.1] * 190
-    assert warmed([*normal, *[5.0] * 5]).delay_s(8 * MiB) == pytest.approx(0.2), "2.5% outliers: the tail ignores them"
-    assert warmed([*normal, *[5.0] * 20]).delay_s(8 * MiB) == pytest.approx(10.0), "10% of them: they are the tail"
+    assert whole_s(warmed([*normal, *[5.0] * 5]), 8 * MiB) == pytest.approx(0.2), "2.5% outliers: the tail ignores them"
+    assert whole_s(warmed([*normal, *[5.0] * 20]), 8 * MiB) == pytest.approx(10.0), "10% of them: they are the tail"
 
 
 def test_peers_are_gets_of_about_the_same_size() -> None:
     hedger = warmed([1.0] * 30, size=8 * MiB)
-    assert hedger.delay_s(8 * MiB - 1) is None, "just under 8 MiB is the class below"
-    assert hedger.delay_s(8 * MiB + 1) == pytest.approx(2.0), "8 MiB to 16 MiB are peers"
-    assert hedger.delay_s(64 << 10) is None, "a 64 KiB GET's peers are 64 KiB GETs, none yet"
+    assert whole_s(hedger, 8 * MiB - 1) is None, "just under 8 MiB is the class below"
+    assert whole_s(hedger, 8 * MiB + 1) == pytest.approx(2.0), "8 MiB to 16 MiB are peers"
+    assert whole_s(hedger, 64 << 10) is None, "a 64 KiB GET's peers are 64 KiB GETs, none yet"
     assert size_class(1) == 1 and size_class(2) == size_class(3) == 2 and size_class(0) == 0
+
+
+def test_a_first_byte_is_late_after_the_multiplier_times_the_p95_of_every_size_s_first_bytes() -> None:
+    hedger = Hedger(POLICY)
+    for n in range(20):
+        size = (1 << 20) if n % 2 else (8 << 20)  # first bytes do not grow with the size: all GETs are peers
+        hedger.completed(size, 0.5, first_byte_s=0.03)
+    deadlines = hedger.deadlines(64 << 10)
+    assert deadlines == Deadlines(first_byte_s=pytest.approx(0.1), whole_s=None), "2 × 30 ms, below the floor"
+    for _ in range(200):
+        hedger.completed(8 << 20, 0.5, first_byte_s=0.2)
+    assert hedger.deadlines(8 << 20) == Deadlines(pytest.approx(0.4), pytest.approx(1.0))
+    assert Hedger(POLICY).deadlines(8 << 20) is None, "no peers, no deadlines"
 
 
 def test_only_the_latest_times_count() -> None:
@@ -100,21 +120,21 @@ def test_a_uniformly_slow_endpoint_gets_at_most_the_budget_in_extra_requests() -
     gets = 2000
     hedges = 0
     for _ in range(gets):
-        if hedger.delay_s(8 * MiB) is not None and hedger.start():
+        if whole_s(hedger, 8 * MiB) is not None and hedger.start():
             hedges += 1
         hedger.completed(8 * MiB, 0.1)
     assert hedges <= 10 + 0.05 * (gets + 20)
     assert hedges >= 0.05 * gets, "and the budget is spent, not hoarded"
     stats = hedger.statistics()
-    assert stats.started == hedges and stats.skipped == 0, "delay_s says None once the budget is spent: no race"
+    assert stats.started == hedges and stats.skipped == 0, "no deadlines once the budget is spent: no race"
 
 
 def test_a_hedge_that_could_not_go_is_given_back() -> None:
     hedger = warmed([0.1] * 20, policy=HedgePolicy(burst=1.0))
     assert hedger.start()
-    assert hedger.delay_s(8 * MiB) is None, "the one hedge is spent"
+    assert whole_s(hedger, 8 * MiB) is None, "the one hedge is spent"
     hedger.refund()
-    assert hedger.delay_s(8 * MiB) is not None
+    assert whole_s(hedger, 8 * MiB) is not None
     stats = hedger.statistics()
     assert (stats.started, stats.skipped) == (0, 1)
 
@@ -166,6 +186,8 @@ class StandIn:
             target = self.out[offset:]
             target[:first_bytes] = bytes([self.fill]) * first_bytes
             progress.received = first_bytes
+            if first_bytes:
+                progress.arrived()
             try:
                 await self._ended.wait()
             except asyncio.CancelledError:
@@ -189,7 +211,7 @@ async def _run_race(
             size,
             lambda progress: first(0, progress, first_bytes=first_bytes),
             second,
-            delay_s=0.0,
+            deadlines=LATE_AT_ONCE,
             hedger=hedger,
             clock=clock,
         )
@@ -215,7 +237,7 @@ def test_a_hedge_that_finishes_first_wins_and_the_first_request_is_cancelled_bef
         assert bytes(out) == bytes([1]) * 40 + bytes([2]) * 60
         stats = hedger.statistics()
         assert (stats.started, stats.won, stats.lost, stats.failed) == (1, 1, 0, 0)
-        assert hedger.delay_s(60) is None, "the hedge's time joins its own size's peers (one so far)"
+        assert whole_s(hedger, 60) is None, "the hedge's time joins its own size's peers (one so far)"
 
     asyncio.run(scenario())
 
@@ -269,7 +291,7 @@ def test_when_both_fail_the_first_request_s_error_comes_with_every_byte_either_b
                 100,
                 lambda progress: first(0, progress, first_bytes=30),
                 hedge,
-                delay_s=0.0,
+                deadlines=LATE_AT_ONCE,
                 hedger=hedger,
                 clock=FakeClock(),
             )
@@ -297,7 +319,7 @@ def test_no_hedge_goes_when_the_bucket_has_no_room_and_the_budget_is_given_back(
             asked.set()
 
         task = asyncio.ensure_future(
-            race(100, lambda p: first(0, p), full, delay_s=0.0, hedger=hedger, clock=FakeClock())
+            race(100, lambda p: first(0, p), full, deadlines=LATE_AT_ONCE, hedger=hedger, clock=FakeClock())
         )
         await asked.wait()
         first.finish()
@@ -314,7 +336,7 @@ def test_a_race_cancelled_from_outside_cancels_both_requests() -> None:
         first, second = StandIn(out, 1), StandIn(out, 2)
         hedger = warmed([0.1] * 20, size=100)
         task = asyncio.ensure_future(
-            race(100, lambda p: first(0, p), second, delay_s=0.0, hedger=hedger, clock=FakeClock())
+            race(100, lambda p: first(0, p), second, deadlines=LATE_AT_ONCE, hedger=hedger, clock=FakeClock())
         )
         await second.called.wait()
         task.cancel()
@@ -322,5 +344,33 @@ def test_a_race_cancelled_from_outside_cancels_both_requests() -> None:
             await task
         assert first.cancelled and second.cancelled
         assert hedger.statistics().lost == 1
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("first_bytes", "hedged"), [(0, True), (10, False)], ids=["no-first-byte", "first-byte-came"])
+def test_a_first_byte_deadline_hedges_only_a_get_whose_answer_has_not_begun(first_bytes: int, hedged: bool) -> None:
+    async def scenario() -> None:
+        out = memoryview(bytearray(100))
+        first, second = StandIn(out, 1), StandIn(out, 2)
+        hedger = warmed([0.1] * 20, size=100)
+        task = asyncio.ensure_future(
+            race(
+                100,
+                lambda p: first(0, p, first_bytes=first_bytes),
+                second,
+                deadlines=Deadlines(first_byte_s=0.0, whole_s=None),
+                hedger=hedger,
+                clock=FakeClock(),
+            )
+        )
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert second.called.is_set() == hedged
+        (second if hedged else first).finish()
+        assert (await task).error is None
+        assert hedger.statistics().started == int(hedged)
+        if hedged:
+            assert second.offset == 0, "nothing came: the hedge asks for the whole range"
 
     asyncio.run(scenario())

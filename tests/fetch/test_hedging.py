@@ -89,7 +89,7 @@ def s3_source(endpoint: str, *, lean: bool, hedge: HedgePolicy | None) -> S3Sour
 async def _pauses_ended(proxy: FaultProxy, count: int) -> None:
     """Until the proxy has ended `count` paused answers: sent their rest, or found their client gone."""
     deadline = time.monotonic() + 60
-    while (await asyncio.to_thread(proxy.counts)).pause < count:
+    while (await asyncio.to_thread(proxy.counts)).pause_ended < count:
         assert time.monotonic() < deadline, "the paused answer never ended"
         await asyncio.sleep(0.05)
 
@@ -120,7 +120,7 @@ def test_a_slow_get_is_raced_for_its_tail_and_the_loser_writes_nothing_after(pro
 
     asyncio.run(scenario())
     counts = proxy.counts()
-    assert counts.pause == 1 and counts.object_gets == WARM_UP + 2
+    assert counts.pause == counts.pause_ended == 1 and counts.object_gets == WARM_UP + 2
     assert any(line.startswith(f"pause: {_key(*TARGET)} #{WARM_UP + 1}") for line in proxy.recent())
 
 

@@ -255,7 +255,7 @@ def test_a_pause_sends_part_of_the_body_waits_then_sends_the_rest(proxy: FaultPr
     assert response.status == 206 and error is None
     expected = BODY[100:]
     assert len(received) == len(expected), "a pause delays the body; it neither cuts nor breaks it"
-    assert proxy.counts() == FaultCounts(object_gets=1, pause=1)
+    assert proxy.counts() == FaultCounts(object_gets=1, pause=1, pause_ended=1)
     cut = re.fullmatch(r".* after (\d+) bytes.*", proxy.recent()[0])
     assert cut is not None
     before = int(cut.group(1))

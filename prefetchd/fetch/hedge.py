@@ -4,7 +4,9 @@ Most GETs to a bucket take about as long as the others of their size; a few (a s
 packet, a busy front end) take many times longer, and a stream waits on its slowest range. A GET is late
 - when its first byte has not come after `multiplier` × the p95 of its peers' first-byte times, or
 - when it has not ended after `multiplier` × the p95 of its peers' whole times,
-never sooner than `min_delay_s`. A late GET is raced by a second request for the bytes it has not received;
+never sooner than `min_delay_s`; and a first byte is late only once a GET sent after it has had its own
+(`overtaken`): when every GET waits (a stream's first burst of GETs, the daemon's own CPU short), none is
+behind its peers. A late GET is raced by a second request for the bytes it has not received;
 the first to bring them wins (`race.py` runs the race).
 
 Two deadlines, because a GET's time is its first byte plus its body, and the body's share grows with its
@@ -158,6 +160,15 @@ class Hedger:
         self._budget = HedgeBudget(policy.budget, policy.burst)
         self._started = self._skipped = 0
         self._outcomes = dict.fromkeys(Outcome, 0)
+        self._newest_answered = -math.inf  # the latest start (the caller's clock) of a GET whose first byte came
+
+    def answered(self, started_at: float) -> None:
+        """A GET sent at `started_at` has had its first byte."""
+        self._newest_answered = max(self._newest_answered, started_at)
+
+    def overtaken(self, started_at: float) -> bool:
+        """Whether a GET sent after `started_at` has had its first byte already."""
+        return self._newest_answered > started_at
 
     def deadlines(self, size_bytes: int) -> Deadlines | None:
         """When a GET of `size_bytes` is late; None when it will not be hedged whatever happens (too few

@@ -13,12 +13,15 @@ nothing writes into the buffer once it is handed on.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from .hedge import Deadlines, Hedger, Outcome
 from .range_get import Progress
+
+log = logging.getLogger("prefetchd.fetch.race")
 
 FirstTry = Callable[[Progress], Coroutine[Any, Any, Any]]
 # a hedge from `offset` bytes into the range to its end; None when it cannot go now (the bucket is full)
@@ -56,22 +59,33 @@ async def race(
 
     The times of whichever brought its bytes join the hedger's samples (a hedge's under its own size).
     """
-    first_progress, hedge_progress = Progress(clock), Progress(clock)
-    started = hedge_started = clock()
+    first_progress = Progress(clock, hedger.answered)
+    hedge_progress = Progress(clock, hedger.answered)
+    started = hedge_started = first_progress.started_at
     outcome: Outcome | None = None
     second: asyncio.Task[Exception | None] | None = None
     offset = 0
     try:
         async with asyncio.TaskGroup() as group:
             first = group.create_task(_settled(first_try(first_progress)))
-            if await _late(first, first_progress, deadlines, started, clock) and hedger.start():
+            if await _late(first, first_progress, deadlines, hedger, clock) and hedger.start():
                 offset = first_progress.received
+                log.debug(
+                    "a GET of %d bytes is late after %.3f s (%s, first byte %s): hedged from byte %d",
+                    size_bytes,
+                    clock() - started,
+                    deadlines,
+                    "not yet"
+                    if first_progress.first_byte_at is None
+                    else f"after {first_progress.first_byte_at - started:.3f} s",
+                    offset,
+                )
                 coroutine = hedge(offset, hedge_progress)
                 if coroutine is None:
                     hedger.refund()
                 else:
                     second = group.create_task(_settled(coroutine))
-                    hedge_started = clock()
+                    hedge_started = hedge_progress.started_at = clock()
             if second is None:
                 error = await first
                 if error is None:
@@ -103,14 +117,18 @@ async def _late(
     first: asyncio.Task[Exception | None],
     progress: Progress,
     deadlines: Deadlines,
-    started: float,
+    hedger: Hedger,
     clock: Callable[[], float],
 ) -> bool:
-    """Wait until `first` ends (False) or is late (True): no first byte by its deadline, or not whole by its."""
+    """Wait until `first` ends (False) or is late (True): not whole by its deadline, or no first byte by its
+    deadline once a GET sent after it has had one (until then, looked at again every quarter deadline)."""
+    started = progress.started_at
+    first_byte_due = deadlines.first_byte_s
+    recheck_s = max(0.01, (first_byte_due or 0.0) / 4)
     while True:
         waits = [deadlines.whole_s] if deadlines.whole_s is not None else []
-        if deadlines.first_byte_s is not None and progress.first_byte_at is None:
-            waits.append(deadlines.first_byte_s)
+        if first_byte_due is not None and progress.first_byte_at is None:
+            waits.append(first_byte_due)
         if not waits:
             await asyncio.wait([first])
             return False
@@ -120,8 +138,10 @@ async def _late(
         elapsed = clock() - started
         if deadlines.whole_s is not None and elapsed >= deadlines.whole_s:
             return True
-        if deadlines.first_byte_s is not None and progress.first_byte_at is None and elapsed >= deadlines.first_byte_s:
-            return True
+        if first_byte_due is not None and progress.first_byte_at is None and elapsed >= first_byte_due:
+            if hedger.overtaken(started):
+                return True
+            first_byte_due = elapsed + recheck_s  # every GET is waiting: none is behind the others yet
 
 
 def _completed(hedger: Hedger, size_bytes: int, progress: Progress, started: float, clock: Callable[[], float]) -> None:

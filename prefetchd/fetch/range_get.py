@@ -52,10 +52,14 @@ class Progress:
     """How far a GET has got: when its answer's head came (`clock`'s time; None: not yet), and how many body
     bytes have reached the caller's buffer (what a hedge need not ask for)."""
 
-    __slots__ = ("_clock", "first_byte_at", "received")
+    __slots__ = ("_clock", "_on_first_byte", "first_byte_at", "received", "started_at")
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, on_first_byte: Callable[[float], None] | None = None
+    ) -> None:
         self._clock = clock
+        self._on_first_byte = on_first_byte  # told the GET's start time when its first byte comes
+        self.started_at = clock()
         self.first_byte_at: float | None = None
         self.received = 0
 
@@ -63,6 +67,8 @@ class Progress:
         """The head of the answer asked for has come: the first byte's time."""
         if self.first_byte_at is None:
             self.first_byte_at = self._clock()
+            if self._on_first_byte is not None:
+                self._on_first_byte(self.started_at)
 
 
 class _StaleConnection(Exception):

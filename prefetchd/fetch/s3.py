@@ -404,8 +404,8 @@ class S3Source:
             return await self._get_into(location, info, first, out, generation)
         deadlines = hedger.deadlines(len(out))
         if deadlines is None:  # no hedge can go: time it, for the peers of those that come later
-            progress = Progress(self._clock)
-            started = self._clock()
+            progress = Progress(self._clock, hedger.answered)
+            started = progress.started_at
             got = await self._get_into(location, info, first, out, generation, progress=progress)
             first_byte_s = None if progress.first_byte_at is None else progress.first_byte_at - started
             hedger.completed(len(out), self._clock() - started, first_byte_s)

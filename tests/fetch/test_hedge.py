@@ -354,6 +354,7 @@ def test_a_first_byte_deadline_hedges_only_a_get_whose_answer_has_not_begun(firs
         out = memoryview(bytearray(100))
         first, second = StandIn(out, 1), StandIn(out, 2)
         hedger = warmed([0.1] * 20, size=100)
+        hedger.answered(FakeClock().now + 1)  # a GET sent after this one has had its first byte
         task = asyncio.ensure_future(
             race(
                 100,
@@ -372,5 +373,36 @@ def test_a_first_byte_deadline_hedges_only_a_get_whose_answer_has_not_begun(firs
         assert hedger.statistics().started == int(hedged)
         if hedged:
             assert second.offset == 0, "nothing came: the hedge asks for the whole range"
+
+    asyncio.run(scenario())
+
+
+def test_a_first_byte_is_late_only_once_a_get_sent_after_it_has_had_its_own() -> None:
+    """When every GET waits (a stream's first burst, a daemon short of CPU), none is behind its peers."""
+
+    async def scenario() -> None:
+        out = memoryview(bytearray(100))
+        first, second = StandIn(out, 1), StandIn(out, 2)
+        hedger = warmed([0.1] * 20, size=100)
+        clock = FakeClock()
+        hedger.answered(clock.now - 1)  # sent before this one: no sign that this one is behind
+        task = asyncio.ensure_future(
+            race(
+                100,
+                lambda p: first(0, p),
+                second,
+                deadlines=Deadlines(first_byte_s=0.0, whole_s=None),
+                hedger=hedger,
+                clock=clock,
+            )
+        )
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+        assert not second.called.is_set(), "past its first-byte deadline, but no GET sent later has answered"
+        hedger.answered(clock.now + 0.5)
+        clock.now += 1.0
+        await second.called.wait()
+        second.finish()
+        assert (await task).error is None and hedger.statistics().won == 1
 
     asyncio.run(scenario())

@@ -238,8 +238,8 @@ def demo() -> None:
 @click.option(
     "--hedging-megabytes",
     type=click.IntRange(min=1),
-    default=300,
-    help="Size of the object read in the hedging benchmark",
+    default=1000,
+    help="Size of the object read in the hedging benchmark (about 3 requests in 1% each epoch)",
 )
 @click.option(
     "--write-docs/--no-write-docs",

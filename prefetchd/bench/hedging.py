@@ -13,6 +13,9 @@ Each epoch drains one object through `bytes_iter` (8 MiB batches, 8 ahead), the 
 
 from __future__ import annotations
 
+import datetime
+import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -108,7 +111,7 @@ def _epoch(way: Way, url: str, size: int, process: DaemonProcess, relay: Network
 
 def run(
     rounds: int = 5,
-    megabytes: int = 300,
+    megabytes: int = 1000,
     latency_ms: float = 30.0,
     megabytes_per_s: float = 90.0,
     say: Callable[[str], None] = print,
@@ -117,6 +120,7 @@ def run(
     from tqdm import tqdm  # type: ignore[import-untyped]
 
     ways = [Way(CLEAN), Way(HEDGED), Way(UNHEDGED)]
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="pfd-hedging-") as scratch:
         path = _object(megabytes, Path(scratch))
         size = path.stat().st_size
@@ -139,7 +143,8 @@ def run(
                         bar.set_postfix_str(way.name, refresh=False)
                         _epoch(way, url, size, *on[way.name])
                         bar.update()
-    lines = _table(ways, size, rounds, latency_ms, megabytes_per_s)
+    load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    lines = _table(ways, size, rounds, latency_ms, megabytes_per_s, load)
     for line in lines:
         say(line)
     if write_docs:
@@ -152,11 +157,13 @@ def run(
     return ways
 
 
-def _table(ways: list[Way], size: int, rounds: int, latency_ms: float, megabytes_per_s: float) -> list[str]:
+def _table(ways: list[Way], size: int, rounds: int, latency_ms: float, megabytes_per_s: float, load: str) -> list[str]:
     clean = ways[0].median_s
     lines = [
-        f"One epoch of a {size / 1e6:,.0f} MB object as raw bytes (8 MiB batches), {latency_ms:g} ms first byte, "
-        f"{megabytes_per_s:g} MB/s per connection; median of {rounds} rounds, interleaved.",
+        f"Measured {datetime.date.today()} on {len(os.sched_getaffinity(0))} cores (Python "
+        f"{platform.python_version()}; {load}). One epoch of a {size / 1e6:,.0f} MB object as raw bytes "
+        f"(8 MiB batches), {latency_ms:g} ms first byte, {megabytes_per_s:g} MB/s per connection; "
+        f"median of {rounds} rounds, interleaved.",
         "",
         "| way | epoch, median | × clean | epochs (s) | requests per epoch | held back 2 s | hedges started / won |",
         "|---|---:|---:|---|---:|---|---|",

@@ -55,6 +55,7 @@ MXNET_MODULES := tests/e2e/test_mnist_iter.py tests/e2e/test_training.py tests/d
 # The HTTP layer and the test servers touch no numpy: once, in the first environment, is enough.
 NO_NUMPY_MODULES := tests/testing tests/fetch/test_http11.py tests/fetch/test_range_get.py tests/fetch/test_lean_s3.py \
 	tests/fetch/test_s3_retries.py tests/fetch/test_s3_faults.py tests/fetch/test_aimd.py tests/fetch/test_admission.py \
+	tests/fetch/test_hedge.py tests/fetch/test_hedging.py \
 	tests/deploy/test_compose.py tests/deploy/test_dockerfile.py tests/deploy/test_observability.py
 pytest-numpy2: $(STAMP2)
 	$(VENV2)/bin/python -m pytest -m "not mxnet" $(MXNET_MODULES:%=--ignore=%) $(NO_NUMPY_MODULES:%=--ignore=%) \

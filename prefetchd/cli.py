@@ -64,6 +64,27 @@ def main() -> None:
     help="Seconds without a byte before a GET is dropped and made again on a new connection [default: 10]",
 )
 @click.option(
+    "--hedge/--no-hedge",
+    default=None,
+    help="Race a GET that runs far behind its peers with a second request for its missing bytes [default: on]",
+)
+@click.option(
+    "--hedge-multiplier",
+    type=click.FloatRange(min=1),
+    help="Hedge a GET once it has run this many times its peers' p95 time [default: 2]",
+)
+@click.option(
+    "--hedge-min-delay",
+    "hedge_min_delay_s",
+    type=click.FloatRange(min=0),
+    help="Seconds a GET runs at least before it is hedged [default: 0.1]",
+)
+@click.option(
+    "--hedge-budget",
+    type=click.FloatRange(min=0, max=1),
+    help="Most hedges per completed GET, over time: the extra requests hedging may add [default: 0.05]",
+)
+@click.option(
     "--budget",
     "stream_budget_bytes",
     help="Fetched-but-unconsumed bytes per stream, e.g. 512MiB [default: 512MiB]",
@@ -200,7 +221,7 @@ def demo() -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=100)
 @click.option(
     "--only",
-    type=click.Choice(["mnist", "images", "training", "bytes", "fetch-path", "clients", "memory"]),
+    type=click.Choice(["mnist", "images", "training", "bytes", "fetch-path", "clients", "memory", "hedging"]),
     help="Run one benchmark [default: all]",
 )
 @click.option("--megabytes", type=click.IntRange(min=1), default=1000, help="Size of the JPEG RecordIO dataset")
@@ -215,9 +236,15 @@ def demo() -> None:
     "--mbps", type=click.FloatRange(min=1), default=90.0, help="Pace of one connection, MB/s (bytes, clients, memory)"
 )
 @click.option(
+    "--hedging-megabytes",
+    type=click.IntRange(min=1),
+    default=1000,
+    help="Size of the object read in the hedging benchmark (about 3 requests in 1% each epoch)",
+)
+@click.option(
     "--write-docs/--no-write-docs",
     default=True,
-    help="Rewrite the generated section of docs/benchmarks.md and its plot (bytes)",
+    help="Rewrite the generated sections of docs/benchmarks.md and its plot (bytes, hedging)",
 )
 def bench(
     rounds: int,
@@ -226,6 +253,7 @@ def bench(
     megabytes: int,
     latency_ms: tuple[float, ...],
     mbps: float,
+    hedging_megabytes: int,
     write_docs: bool,
 ) -> None:
     """Side-by-side throughput: prefetchd (local files, and S3) against MXNet's own iterators and S3 readers."""
@@ -264,6 +292,17 @@ def bench(
         from .bench.memory import run as run_memory
 
         run_memory(megabytes=megabytes, latency_ms=latency_ms[0], megabytes_per_s=mbps, say=say)
+    if only in (None, "hedging"):
+        from .bench.hedging import run as run_hedging
+
+        run_hedging(
+            rounds=rounds,
+            megabytes=hedging_megabytes,
+            latency_ms=latency_ms[0],
+            megabytes_per_s=mbps,
+            say=say,
+            write_docs=write_docs,
+        )
     if only in (None, "training"):
         from .bench.training import run as run_training
 

@@ -54,6 +54,12 @@ class Config:
     chunk_bytes: int = 8 * MiB  # the largest range one GET asks for
     fetch_path: str = "lean"  # bulk bytes: "lean" (range_get.py, straight into memory) or "botocore"
     stall_timeout_s: float = 10.0  # no byte for this long: the GET is dropped and made again (fetch/policy.py)
+    # a GET still running after hedge_multiplier × its peers' p95 (at least hedge_min_delay_s) is raced by a
+    # second one for its missing bytes, within hedge_budget more requests (fetch/hedge.py, fetch/race.py)
+    hedge: bool = True
+    hedge_multiplier: float = 2.0
+    hedge_min_delay_s: float = 0.1
+    hedge_budget: float = 0.05
     min_chunk_bytes: int = 1 * MiB  # small objects are cut no finer than this
     stream_budget_bytes: int = 512 * MiB  # fetched-but-unconsumed bytes per stream
     cache_bytes: int = 2048 * MiB  # the epoch cache of fetched S3 ranges, shared by all streams; 0 turns it off
@@ -110,6 +116,10 @@ _TUNABLES: dict[str, Any] = {
     "chunk_bytes": parse_bytes,
     "fetch_path": str,
     "stall_timeout_s": float,
+    "hedge": lambda value: _boolean(value),  # defined below
+    "hedge_multiplier": float,
+    "hedge_min_delay_s": float,
+    "hedge_budget": float,
     "min_chunk_bytes": parse_bytes,
     "stream_budget_bytes": parse_bytes,
     "cache_bytes": parse_bytes,
@@ -300,6 +310,9 @@ def validate(config: Config) -> None:
         (_is_address(config.http_address), "http_address is HOST:PORT with an IP address (127.0.0.1:9464), or off"),
         (config.fetch_path in FETCH_PATHS, f"fetch_path is one of {', '.join(FETCH_PATHS)}"),
         (config.stall_timeout_s > 0, "stall_timeout_s must be more than 0"),
+        (config.hedge_multiplier >= 1, "hedge_multiplier must be at least 1 (a hedge goes after its peers' p95)"),
+        (config.hedge_min_delay_s >= 0, "hedge_min_delay_s must not be negative"),
+        (0 <= config.hedge_budget <= 1, "hedge_budget is a share of requests, within [0, 1]"),
         (
             config.s3.addressing_style in ("auto", "path", "virtual"),
             "addressing_style is auto, path or virtual",

@@ -109,6 +109,29 @@ def test_the_stall_timeout_is_10_s_unless_a_flag_env_or_file_says_otherwise(tmp_
     assert config({"PREFETCHD_STALL_TIMEOUT_S": "0.3"}, stall_timeout_s=4.0).stall_timeout_s == 4.0
 
 
+def test_hedging_is_on_at_2x_p95_and_5_percent_unless_a_flag_env_or_file_says_otherwise(tmp_path: Path) -> None:
+    from prefetchd.fetch.router import hedge_policy
+
+    default = config()
+    assert (default.hedge, default.hedge_multiplier, default.hedge_min_delay_s, default.hedge_budget) == (
+        True,
+        2.0,
+        0.1,
+        0.05,
+    )
+    policy = hedge_policy(default)
+    assert policy is not None and (policy.multiplier, policy.min_delay_s, policy.budget) == (2.0, 0.1, 0.05)
+    assert hedge_policy(config({"PREFETCHD_HEDGE": "off"})) is None
+    assert config({"PREFETCHD_HEDGE": "off"}, hedge=True).hedge is True
+    file = toml_file(tmp_path, "hedge = false\nhedge_multiplier = 3\nhedge_budget = 0.1\n")
+    assert (config(file=file).hedge, config(file=file).hedge_multiplier, config(file=file).hedge_budget) == (
+        False,
+        3.0,
+        0.1,
+    )
+    assert config({"PREFETCHD_HEDGE_MIN_DELAY_S": "0.25"}).hedge_min_delay_s == 0.25
+
+
 def test_config_is_frozen() -> None:
     loaded = config()
 
@@ -346,6 +369,10 @@ def test_access_key_without_a_secret_or_the_reverse_is_refused(env: dict[str, st
         ("fetch_path", "curl"),
         ("stall_timeout_s", "0"),
         ("stall_timeout_s", "soon"),
+        ("hedge", "sometimes"),
+        ("hedge_multiplier", "0.5"),
+        ("hedge_min_delay_s", "-1"),
+        ("hedge_budget", "2"),
         ("addressing_style", "sideways"),
         ("verify_ssl", "maybe"),
     ],
@@ -463,6 +490,11 @@ def test_serve_help_lists_the_options() -> None:
         "--decode-threads",
         "--exit-when-idle",
         "--stall-timeout",
+        "--hedge",
+        "--no-hedge",
+        "--hedge-multiplier",
+        "--hedge-min-delay",
+        "--hedge-budget",
         "--config",
         "--log-level",
     ):

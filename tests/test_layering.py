@@ -20,6 +20,7 @@ PURE = [
     DAEMON / "fetch" / "policy.py",
     DAEMON / "fetch" / "aimd.py",
     DAEMON / "fetch" / "window.py",
+    DAEMON / "fetch" / "hedge.py",
     DAEMON / "decode" / "mnist.py",
     DAEMON / "testing" / "fault_plan.py",
     CLIENT / "protocol.py",

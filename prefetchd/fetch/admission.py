@@ -41,6 +41,7 @@ class Ticket:
 
     generation: int
     ending: Ending = Ending.OTHER
+    flow: Flow | None = None  # the stream it was admitted for (None: no stream's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,15 +71,28 @@ class AdmissionGate:
         """Hold a place among the requests in flight for the block; set the ticket's `ending` inside it."""
         flow = current_flow.get()
         await self._enter(flow)
-        ticket = Ticket(self.limit.generation)
+        ticket = Ticket(self.limit.generation, flow=flow)
         try:
             yield ticket
         finally:
-            if ticket.ending is Ending.SUCCEEDED:
-                self._succeeded()
-            elif ticket.ending is Ending.THROTTLED and self.limit.on_throttle(ticket.generation, self._in_flight):
-                log.info("%s: S3 asks to slow down; requests in flight now at most %d", self.name, self.limit.limit)
-            self._leave(flow)
+            self.end(ticket)
+
+    def admit_now(self) -> Ticket | None:
+        """A place among the requests in flight if one is free now, else None: for a request that is worth
+        sending only at once (a hedge), never ahead of those waiting. Give it back with `end`."""
+        if self._waiting or self._in_flight >= self.limit.limit:
+            return None
+        flow = current_flow.get()
+        self._count_in(flow)
+        return Ticket(self.limit.generation, flow=flow)
+
+    def end(self, ticket: Ticket) -> None:
+        """The request holding `ticket` is over: report how it ended, and let the next waiter in."""
+        if ticket.ending is Ending.SUCCEEDED:
+            self._succeeded()
+        elif ticket.ending is Ending.THROTTLED and self.limit.on_throttle(ticket.generation, self._in_flight):
+            log.info("%s: S3 asks to slow down; requests in flight now at most %d", self.name, self.limit.limit)
+        self._leave(ticket.flow)
 
     def _succeeded(self) -> None:
         before = self.limit.limit

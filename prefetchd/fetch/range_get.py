@@ -48,6 +48,29 @@ class BodyBroken(Exception):
         self.received = received
 
 
+class Progress:
+    """How far a GET has got: when its answer's head came (`clock`'s time; None: not yet), and how many body
+    bytes have reached the caller's buffer (what a hedge need not ask for)."""
+
+    __slots__ = ("_clock", "_on_first_byte", "first_byte_at", "received", "started_at")
+
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, on_first_byte: Callable[[float], None] | None = None
+    ) -> None:
+        self._clock = clock
+        self._on_first_byte = on_first_byte  # told the GET's start time when its first byte comes
+        self.started_at = clock()
+        self.first_byte_at: float | None = None
+        self.received = 0
+
+    def arrived(self) -> None:
+        """The head of the answer asked for has come: the first byte's time."""
+        if self.first_byte_at is None:
+            self.first_byte_at = self._clock()
+            if self._on_first_byte is not None:
+                self._on_first_byte(self.started_at)
+
+
 class _StaleConnection(Exception):
     """A kept-alive connection the server had closed: nothing was received, the request may go again."""
 
@@ -70,11 +93,13 @@ class _Exchange(asyncio.BufferedProtocol):
         self.head: ResponseHead | None = None
         self.closed = False
         self.last_progress_s = 0.0
+        self._progress: Progress | None = None
 
     # the caller's side
 
-    def begin(self, out: memoryview, accept: Accept) -> asyncio.Future[ResponseHead]:
+    def begin(self, out: memoryview, accept: Accept, progress: Progress | None) -> asyncio.Future[ResponseHead]:
         self._out, self._accept, self._received, self._used, self.head = None, accept, 0, 0, None
+        self._progress = progress
         self._target, self.accepted = out, False
         self._done = asyncio.get_running_loop().create_future()
         self.last_progress_s = time.monotonic()
@@ -130,6 +155,8 @@ class _Exchange(asyncio.BufferedProtocol):
             self._head_bytes_arrived(nbytes)
         else:
             self._fail(MalformedResponse(f"{nbytes} bytes arrived that no request asked for"))
+        if self._progress is not None and self.accepted:
+            self._progress.received = self._received
 
     def _head_bytes_arrived(self, nbytes: int) -> None:
         end = self._scratch.find(HEAD_END, max(0, self._used - nbytes - len(HEAD_END) + 1), self._used)
@@ -152,6 +179,8 @@ class _Exchange(asyncio.BufferedProtocol):
             self._fail(MalformedResponse(f"{len(early) - len(self._target)} bytes past the body's end"))
             return
         self.accepted = True
+        if self._progress is not None:
+            self._progress.arrived()
         self._out = self._target
         self._out[: len(early)] = early
         self._received = len(early)
@@ -210,28 +239,46 @@ class RangeGetter:
         self._idle: dict[tuple[str, str, int], list[_Exchange]] = {}
         self._requests = self._refused = self._broken = self._opened = self._stale = 0
 
-    async def get_into(self, url: str, first: int, out: memoryview, *, if_match: str | None, accept: Accept) -> None:
-        """Fill `out` with bytes [first, first + len(out)) of `url`.
+    async def get_into(
+        self,
+        url: str,
+        first: int,
+        out: memoryview,
+        *,
+        if_match: str | None,
+        accept: Accept,
+        progress: Progress | None = None,
+        fresh: bool = False,
+    ) -> None:
+        """Fill `out` with bytes [first, first + len(out)) of `url`; `progress` follows the bytes received, and
+        `fresh` asks for a new connection rather than a kept-alive one (a hedge: not the path that was slow).
 
         Raises `Refused` when the head is not what `accept` wants, `BodyBroken` when the exchange breaks off
         (its `received` bytes are in `out`), `OSError`/`TimeoutError` when no connection can be made.
+        Cancelled, it has stopped writing into `out` by the time the cancellation reaches the caller.
         """
         target = parse_target(url)
         request = range_request(target, first, first + len(out) - 1, if_match)
         self._requests += 1
         async with self._connections:
             while True:
-                exchange, reused = await self._connection(target)
+                exchange, reused = await self._connection(target, fresh)
                 try:
-                    await self._exchange(exchange, request, out, accept, reused)
+                    await self._exchange(exchange, request, out, accept, reused, progress)
                     return
                 except _StaleConnection:
                     self._stale += 1  # the server closed it while it sat idle: go again on a new one
 
     async def _exchange(
-        self, exchange: _Exchange, request: bytes, out: memoryview, accept: Accept, reused: bool
+        self,
+        exchange: _Exchange,
+        request: bytes,
+        out: memoryview,
+        accept: Accept,
+        reused: bool,
+        progress: Progress | None,
     ) -> None:
-        done = exchange.begin(out, accept)
+        done = exchange.begin(out, accept, progress)
         assert exchange.transport is not None
         try:
             exchange.transport.write(request)
@@ -266,8 +313,8 @@ class RangeGetter:
             if done.done():
                 return done.result()
 
-    async def _connection(self, target: Target) -> tuple[_Exchange, bool]:
-        idle = self._idle.get(target.origin)
+    async def _connection(self, target: Target, fresh: bool) -> tuple[_Exchange, bool]:
+        idle = None if fresh else self._idle.get(target.origin)
         while idle:
             exchange = idle.pop()
             if not exchange.closed:

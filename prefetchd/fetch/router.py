@@ -8,11 +8,21 @@ from contextlib import AsyncExitStack
 from ..config import Config
 from .cache import ChunkCache
 from .disk_cache import DiskCache
+from .hedge import HedgePolicy
 from .local import LocalSource
 from .s3 import S3Source
 from .source import ObjectInfo, Source, scheme_of
 
 log = logging.getLogger("prefetchd.cache")
+
+
+def hedge_policy(config: Config) -> HedgePolicy | None:
+    """The configured hedging, or None when it is off."""
+    if not config.hedge:
+        return None
+    return HedgePolicy(
+        multiplier=config.hedge_multiplier, min_delay_s=config.hedge_min_delay_s, budget=config.hedge_budget
+    )
 
 
 class SourceRouter:
@@ -34,6 +44,7 @@ class SourceRouter:
                     max_connections=self._config.max_concurrency,
                     lean=self._config.fetch_path == "lean",
                     stall_timeout_s=self._config.stall_timeout_s,
+                    hedge=hedge_policy(self._config),
                 )
             )
         except BaseException:

@@ -16,7 +16,7 @@ import random
 import ssl
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -33,9 +33,11 @@ from ..config import S3Settings
 from .admission import AdmissionGate, AdmissionStatistics, Ending
 from .aimd import AimdLimit
 from .credentials import RenewableChain, RenewableCredentials, install_renewable_chain
+from .hedge import NO_HEDGES, HedgePolicy, Hedger, HedgeStatistics
 from .http11 import ResponseHead, expected_content_range
 from .policy import DEFAULT_STALL_TIMEOUT_S, Retries, RetryBudget, RetryPolicy
-from .range_get import BodyBroken, RangeGetter, Refused
+from .race import race
+from .range_get import BodyBroken, Progress, RangeGetter, Refused
 from .s3_errors import BODY_ERRORS, Failure, TryFailed, classify, describe, expired_token_error, translate
 from .source import ObjectInfo, S3Location, parse_s3_url
 
@@ -71,6 +73,8 @@ class S3Statistics:
     lean_fallbacks: int  # lean tries whose answer (an error, a redirect) went to aiobotocore to be read
     retry_budget_left: float
     buckets: tuple[AdmissionStatistics, ...]  # each bucket's requests in flight and its AIMD limit
+    hedges: HedgeStatistics = NO_HEDGES  # second requests raced against slow GETs, all buckets together
+    hedge_bytes: int = 0  # body bytes the hedges received (those of lost hedges are the extra transfer)
 
     def bucket(self, name: str) -> AdmissionStatistics:
         return next(gate for gate in self.buckets if gate.name == name)
@@ -81,8 +85,9 @@ class S3Source:
 
     With `lean=True` the bulk bytes of ranged GETs go through `RangeGetter` instead, on URLs aiobotocore
     presigns; a 503 or 500 there is retried there, and any other answer but the exact 206 asked for is
-    read through aiobotocore, which follows redirects and names the error. `sleep` and `rng` are injected
-    so that tests run the retry schedule on a fake clock.
+    read through aiobotocore, which follows redirects and names the error. With a `hedge` policy, a GET
+    that runs far behind its peers is raced by a second one for its missing bytes (`race.py`). `sleep`,
+    `clock` and `rng` are injected so that tests run the retry schedule on a fake clock.
     """
 
     def __init__(
@@ -94,7 +99,9 @@ class S3Source:
         rng: random.Random | None = None,
         lean: bool = True,
         stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+        hedge: HedgePolicy | None = None,
         sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.max_connections = max_connections
@@ -102,6 +109,9 @@ class S3Source:
         self.stall_timeout_s = stall_timeout_s
         self._rng = rng or random.Random()
         self._sleep = sleep
+        self._clock = clock
+        self.hedge = hedge
+        self._hedgers: dict[str, Hedger] = {}
         self._budget = RetryBudget(self.retry)
         self._stack = AsyncExitStack()
         self._client: Any = None
@@ -183,7 +193,7 @@ class S3Source:
         method = "explicit S3_*/AWS_* keys" if self.settings.access_key_id else "the AWS credential chain"
         log.info(
             "S3: endpoint=%s region=%s addressing=%s verify_ssl=%s bulk reads=%s credentials from %s; "
-            "variables used: %s; %s, stall timeout %g s",
+            "variables used: %s; %s, stall timeout %g s, hedging %s",
             self.settings.endpoint_url or "AWS default",
             self.region,
             self.settings.addressing_style,
@@ -193,6 +203,7 @@ class S3Source:
             names,
             self.retry,
             self.stall_timeout_s,
+            self.hedge or "off",
         )
 
     async def __aexit__(self, *exc: object) -> None:
@@ -280,7 +291,7 @@ class S3Source:
         while done < len(out):
             try:
                 async with self._admitted(location.bucket) as generation:
-                    got = await self._get_into(location, info, start + done, out[done:], generation)
+                    got = await self._timed_get_into(location, info, start + done, out[done:], generation)
                 done += got
                 self._counts["bytes"] += got
             except TryFailed as exc:
@@ -322,6 +333,14 @@ class S3Source:
                 raise
             ticket.ending = Ending.SUCCEEDED
             self._budget.earn()
+
+    def _hedger(self, bucket: str) -> Hedger | None:
+        if self.hedge is None:
+            return None
+        hedger = self._hedgers.get(bucket)
+        if hedger is None:
+            hedger = self._hedgers[bucket] = Hedger(self.hedge)
+        return hedger
 
     def _gate(self, bucket: str) -> AdmissionGate:
         gate = self._gates.get(bucket)
@@ -374,15 +393,81 @@ class S3Source:
     def _renewable(self) -> RenewableCredentials | None:
         return self._chain.credentials if self._chain is not None else None
 
+    # one try, raced by a hedge when it runs late
+
+    async def _timed_get_into(
+        self, location: S3Location, info: ObjectInfo, first: int, out: memoryview, generation: int
+    ) -> int:
+        """One try for `out` (admitted by the caller); when it runs far behind its peers, a hedge races it."""
+        hedger = self._hedger(location.bucket)
+        if hedger is None:
+            return await self._get_into(location, info, first, out, generation)
+        deadlines = hedger.deadlines(len(out))
+        if deadlines is None:  # no hedge can go: time it, for the peers of those that come later
+            progress = Progress(self._clock, hedger.answered)
+            started = progress.started_at
+            got = await self._get_into(location, info, first, out, generation, progress=progress)
+            first_byte_s = None if progress.first_byte_at is None else progress.first_byte_at - started
+            hedger.completed(len(out), self._clock() - started, first_byte_s)
+            return got
+
+        def first_try(progress: Progress) -> Coroutine[Any, Any, int]:
+            return self._get_into(location, info, first, out, generation, progress=progress)
+
+        def hedge(offset: int, progress: Progress) -> Coroutine[Any, Any, int] | None:
+            return self._hedge_into(location, info, first + offset, out[offset:], generation, progress)
+
+        result = await race(len(out), first_try, hedge, deadlines=deadlines, hedger=hedger, clock=self._clock)
+        if result.error is None:
+            return len(out)
+        if isinstance(result.error, TryFailed):
+            result.error.received = result.covered  # the hedge may have brought bytes past the first's
+        raise result.error
+
+    def _hedge_into(
+        self, location: S3Location, info: ObjectInfo, first: int, out: memoryview, generation: int, progress: Progress
+    ) -> Coroutine[Any, Any, int] | None:
+        """A hedge's GET on a fresh connection, if the bucket's gate has room for it now; None if not (a hedge
+        never waits behind requests the gate holds back: it would come too late, and add to a throttled load)."""
+        gate = self._gate(location.bucket)
+        ticket = gate.admit_now()
+        if ticket is None:
+            return None
+
+        async def get() -> int:
+            self._counts["requests"] += 1
+            try:
+                got = await self._get_into(location, info, first, out, generation, progress=progress, fresh=True)
+                ticket.ending = Ending.SUCCEEDED
+                return got
+            except TryFailed as exc:
+                self._counts[exc.failure.value] += 1
+                if exc.failure is Failure.THROTTLED:
+                    ticket.ending = Ending.THROTTLED
+                raise
+            finally:
+                self._counts["hedge_bytes"] += progress.received
+                gate.end(ticket)
+
+        return get()
+
     # the two ways to GET a range
 
     async def _get_into(
-        self, location: S3Location, info: ObjectInfo, first: int, out: memoryview, generation: int
+        self,
+        location: S3Location,
+        info: ObjectInfo,
+        first: int,
+        out: memoryview,
+        generation: int,
+        *,
+        progress: Progress | None = None,
+        fresh: bool = False,
     ) -> int:
         """One ranged GET; returns len(out), or raises `TryFailed` with the bytes that reached `out`."""
         if self.lean is not None:
             try:
-                return await self._lean_get_into(location, info, first, out, generation)
+                return await self._lean_get_into(location, info, first, out, generation, progress, fresh)
             except Refused as exc:
                 failure = _REFUSALS.get(exc.status or 0)
                 if failure is not None:
@@ -391,10 +476,17 @@ class S3Source:
                 if exc.status in (400, 401, 403):
                     self._presigned.pop(info.url, None)  # perhaps expired credentials: sign again next time
                 log.debug("%s: bytes %d+%d: %s; read through aiobotocore instead", info.url, first, len(out), exc)
-        return await self._botocore_get_into(location, info, first, out)
+        return await self._botocore_get_into(location, info, first, out, progress)
 
     async def _lean_get_into(
-        self, location: S3Location, info: ObjectInfo, first: int, out: memoryview, generation: int
+        self,
+        location: S3Location,
+        info: ObjectInfo,
+        first: int,
+        out: memoryview,
+        generation: int,
+        progress: Progress | None,
+        fresh: bool,
     ) -> int:
         assert self.lean is not None
         url = await self._presigned_url(info.url, location, generation)
@@ -404,7 +496,9 @@ class S3Source:
             return head.status == 206 and head.content_range == wanted_range and head.etag in (None, info.version)
 
         try:
-            await self.lean.get_into(url, first, out, if_match=info.version, accept=accept)
+            await self.lean.get_into(
+                url, first, out, if_match=info.version, accept=accept, progress=progress, fresh=fresh
+            )
         except BodyBroken as exc:
             raise TryFailed(Failure.BROKEN, str(exc), received=exc.received) from exc
         except (OSError, TimeoutError) as exc:  # no connection at all
@@ -426,7 +520,9 @@ class S3Source:
         self._presigned[url] = (str(signed), now, generation)
         return str(signed)
 
-    async def _botocore_get_into(self, location: S3Location, info: ObjectInfo, first: int, out: memoryview) -> int:
+    async def _botocore_get_into(
+        self, location: S3Location, info: ObjectInfo, first: int, out: memoryview, progress: Progress | None
+    ) -> int:
         last = first + len(out) - 1
         try:
             response = await self._client.get_object(
@@ -435,6 +531,8 @@ class S3Source:
         except (ClientError, BotoCoreError) as exc:
             raise _failed_try(exc, info.url, first) from exc
         self._check_range(response, info, first, last)
+        if progress is not None:
+            progress.arrived()
         body = response["Body"]
         received = 0
         try:
@@ -443,6 +541,8 @@ class S3Source:
                 if n == 0:
                     break
                 received += n
+                if progress is not None:
+                    progress.received = received
         except BODY_ERRORS as exc:
             raise TryFailed(Failure.BROKEN, describe(exc), received=received) from exc
         finally:
@@ -485,6 +585,8 @@ class S3Source:
             lean_fallbacks=self.fallbacks,
             retry_budget_left=self._budget.left,
             buckets=tuple(gate.statistics() for gate in self._gates.values()),
+            hedges=sum((hedger.statistics() for hedger in self._hedgers.values()), NO_HEDGES),
+            hedge_bytes=counts["hedge_bytes"],
         )
 
     def __repr__(self) -> str:

@@ -150,6 +150,7 @@ def _s3(s3: S3Statistics) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "prefetchd_s3_retry_budget", "Retries left in the shared budget", value=s3.retry_budget_left
     )
+    yield from _hedges(s3)
     in_flight = GaugeMetricFamily("prefetchd_s3_in_flight_requests", "S3 requests in flight", labels=["bucket"])
     limit = GaugeMetricFamily(
         "prefetchd_s3_concurrency_limit", "Requests the bucket's AIMD limit lets in flight now", labels=["bucket"]
@@ -158,6 +159,34 @@ def _s3(s3: S3Statistics) -> Iterator[Metric]:
         in_flight.add_metric([bucket.name], bucket.in_flight)
         limit.add_metric([bucket.name], bucket.limit.limit)
     yield from (in_flight, limit)
+
+
+def _hedges(s3: S3Statistics) -> Iterator[Metric]:
+    hedges = s3.hedges
+    yield CounterMetricFamily(
+        "prefetchd_hedges_started",
+        "Second requests raced against a GET that ran far behind its peers (fetch/hedge.py)",
+        value=hedges.started,
+    )
+    ended = CounterMetricFamily(
+        "prefetchd_hedges",
+        "Hedges that ended, by outcome: won (it finished first; the first request was cancelled), lost (the "
+        "first request finished first), failed (an error; the first request went on alone)",
+        labels=["outcome"],
+    )
+    for outcome, count in (("won", hedges.won), ("lost", hedges.lost), ("failed", hedges.failed)):
+        ended.add_metric([outcome], count)
+    yield ended
+    yield CounterMetricFamily(
+        "prefetchd_hedges_skipped",
+        "GETs past their hedge delay that got no hedge: the hedge budget was spent, or the bucket at its limit",
+        value=hedges.skipped,
+    )
+    yield CounterMetricFamily(
+        "prefetchd_hedges_received_bytes",
+        "Body bytes the hedges received (a lost hedge's are the extra transfer hedging cost)",
+        value=s3.hedge_bytes,
+    )
 
 
 def _cache(cache: CacheStatistics) -> Iterator[Metric]:

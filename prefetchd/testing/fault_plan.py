@@ -28,9 +28,10 @@ class Fault(enum.StrEnum):
     RESET = "reset"  # part of the body, then a TCP RST
     TRUNCATE = "truncate"  # Content-Length announced, fewer bytes sent, then a clean close
     STALL = "stall"  # part of the body, then nothing more on an open connection, until the client leaves
+    PAUSE = "pause"  # part of the body, then nothing for `pause_ms`, then the rest: a slow GET, not a broken one
 
 
-BODY_FAULTS = (Fault.RESET, Fault.TRUNCATE, Fault.STALL)
+BODY_FAULTS = (Fault.RESET, Fault.TRUNCATE, Fault.STALL, Fault.PAUSE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +40,9 @@ class FaultRates:
 
     The faults exclude one another (a GET meets at most one), so their rates sum to at most 1. The
     delay is drawn apart from them: `latency` of the GETs wait `latency_ms` + U(0, `jitter_ms`) before
-    their first byte, whatever else happens to them.
+    their first byte, whatever else happens to them. A paused body waits `pause_ms` partway; with
+    `pause_garbles` the bytes after the pause are inverted, so that a reader which let a paused GET write
+    after another request had brought the same bytes is caught.
     """
 
     slowdown: float = 0.0
@@ -50,6 +53,9 @@ class FaultRates:
     latency: float = 0.0
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
+    pause: float = 0.0
+    pause_ms: float = 2000.0
+    pause_garbles: bool = False
 
     def __post_init__(self) -> None:
         for name in (*(fault.value for fault in Fault), "latency"):
@@ -58,8 +64,8 @@ class FaultRates:
                 raise ValueError(f"the {name} rate must be within [0, 1], not {rate}")
         if sum(self.of(fault) for fault in Fault) > 1.0:
             raise ValueError("the fault rates exclude one another: they must sum to at most 1")
-        if self.latency_ms < 0 or self.jitter_ms < 0:
-            raise ValueError("latency_ms and jitter_ms must not be negative")
+        if self.latency_ms < 0 or self.jitter_ms < 0 or self.pause_ms < 0:
+            raise ValueError("latency_ms, jitter_ms and pause_ms must not be negative")
 
     def of(self, fault: Fault) -> float:
         rate: float = getattr(self, fault.value)
@@ -148,6 +154,8 @@ class FaultCounts:
     reset: int = 0
     truncate: int = 0
     stall: int = 0
+    pause: int = 0  # bodies paused partway
+    pause_ended: int = 0  # paused answers that ended: sent whole, or left by the client
     expired_token: int = 0
     hung_up: int = 0  # answers the client left before their end: read-aheads cancelled when a stream closes
 

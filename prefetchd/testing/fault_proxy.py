@@ -1,8 +1,9 @@
 """A faulty S3 in front of a good one: an aiohttp proxy that breaks object GETs as `fault_plan` decides.
 
 Object GETs (ranged or not, plain or presigned) may be answered 503 SlowDown or 500 InternalError without
-asking upstream, or have their body cut (a TCP reset, or a clean close short of the Content-Length) or
-stalled (part of it, then nothing on an open connection), and may wait before their first byte. Everything
+asking upstream, or have their body cut (a TCP reset, or a clean close short of the Content-Length),
+stalled (part of it, then nothing on an open connection) or paused (part of it, a wait, then the rest), and
+may wait before their first byte. Everything
 else (HEAD, PUT, listings) passes through untouched, as do upstream's own errors. Bodies are streamed
 through, not held. Any request signed with a session token the test declared expired (`expire_token`) is
 answered 400 ExpiredToken, as S3 answers it.
@@ -39,6 +40,7 @@ _FLUSH_TIMEOUT_S = 5.0
 _RECENT_FAULTS = 1000  # the injected faults /__faults__ lists, newest last: enough to see what a failing run met
 _STALL_POLL_S = 0.05
 _STALL_MAX_S = 120.0  # a stalled answer ends by itself after this, if the client never gives up
+_INVERT = bytes(255 - b for b in range(256))  # a paused answer's garbled rest: every byte inverted
 _TOKEN = "x-amz-security-token"  # a header, or a presigned URL's query parameter (SigV2 spells it so)
 
 # S3's own words for these errors (docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html)
@@ -124,7 +126,9 @@ class FaultInjector:
             cut = _body_cut(decision, answer)
             try:
                 await response.prepare(request)
-                if cut is not None:
+                if cut is not None and cut[0] is Fault.PAUSE:
+                    await self._pause(answer, response, cut[1], what)
+                elif cut is not None:
                     fault, cut_bytes = cut
                     await _relay(answer, response, limit=cut_bytes)
                     self._record(fault, f"{what} after {cut_bytes} of {answer.content_length} bytes")
@@ -136,6 +140,32 @@ class FaultInjector:
             except ConnectionError:  # the client left first (a read-ahead cancelled): as on a real network
                 self.counts["hung_up"] += 1
         return response
+
+    async def _pause(
+        self, answer: aiohttp.ClientResponse, response: web.StreamResponse, cut_bytes: int, what: str
+    ) -> None:
+        """The first `cut_bytes` of the body, a wait of `pause_ms`, then the rest (inverted if `pause_garbles`).
+        Counted as `pause` when the wait begins, and as `pause_ended` when the answer ends, whether the client
+        took it all or had left."""
+        rates = self.plan.rates
+        sent = 0
+        paused = False
+        try:
+            async for piece in answer.content.iter_chunked(_PIECE_BYTES):
+                if not paused and sent + len(piece) >= cut_bytes:
+                    before = cut_bytes - sent
+                    await response.write(piece[:before])
+                    garbled = ", the rest garbled" if rates.pause_garbles else ""
+                    self._record(Fault.PAUSE, f"{what} for {rates.pause_ms:g} ms after {cut_bytes} bytes{garbled}")
+                    await asyncio.sleep(rates.pause_ms / 1000)
+                    paused, piece = True, piece[before:]
+                if paused and rates.pause_garbles:
+                    piece = piece.translate(_INVERT)
+                await response.write(piece)
+                sent += len(piece)
+            await response.write_eof()
+        finally:
+            self.counts["pause_ended"] += int(paused)
 
     async def close(self) -> None:
         await self.upstream.close()
@@ -221,6 +251,8 @@ _OPTION_HELP = {  # FaultRates' fields, as command-line options
     "latency": "share of object GETs whose first byte waits LATENCY_MS + U(0, JITTER_MS)",
     "latency_ms": "the wait, in ms",
     "jitter_ms": "the most the wait varies by, in ms",
+    "pause": "share of object GETs whose body stops partway for PAUSE_MS, then goes on",
+    "pause_ms": "the pause, in ms",
 }
 
 
@@ -235,7 +267,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0, help="the same seed and rates replay the same faults")
     for name, meaning in _OPTION_HELP.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=0.0, help=meaning)
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", type=float, default=getattr(FaultRates(), name), help=meaning
+        )
+    parser.add_argument(
+        "--pause-garbles", type=lambda text: text == "True", default=False, help="True: invert the bytes after a pause"
+    )
     args = parser.parse_args()
     rates = FaultRates(**{name: getattr(args, name) for name in asdict(FaultRates())})
     with contextlib.suppress(KeyboardInterrupt):

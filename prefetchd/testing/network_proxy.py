@@ -7,7 +7,8 @@ The kernel here has no netem, so the network is emulated in the application laye
   Everything else (HEAD, PUT, listings, errors such as 404 and 403) is passed to upstream and back, after
   the same latency. `If-Match` and `Range` are honoured as S3 honours them.
 - in front of a fast one (nginx, `relay=True`): `shaped_relay`, a TCP relay that delays each request and
-  paces each connection, so every byte and every answer is the server's own (TLS too, end to end).
+  paces each connection, so every byte and every answer is the server's own (TLS too, end to end); it can
+  also hold a share of the requests back longer (`pause`, `pause_ms`): S3's slow tail.
 
 Run it as `python -m prefetchd.testing.network_proxy --upstream URL [--relay]`; it prints its address.
 """
@@ -19,14 +20,17 @@ import asyncio
 import contextlib
 import re
 import socket
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
 from .child_server import ChildServer, Upstream, kept_headers, serve_aiohttp
+from .shaped_relay import NO_PAUSES, Pauses, serve_relay
 
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "content-encoding"}
@@ -144,8 +148,9 @@ async def _serve(upstream: str, host: str, port: int, latency_s: float, bytes_pe
     await serve_aiohttp(network.handle, host, port, network.close)
 
 
-async def _serve_relay(upstream: str, host: str, port: int, latency_s: float, bytes_per_s: float) -> None:
-    from .shaped_relay import serve_relay
+async def _serve_relay(
+    upstream: str, host: str, port: int, latency_s: float, bytes_per_s: float, pauses: Pauses = NO_PAUSES
+) -> None:
 
     target = urllib.parse.urlsplit(upstream)
     if target.hostname is None or target.port is None:
@@ -153,7 +158,7 @@ async def _serve_relay(upstream: str, host: str, port: int, latency_s: float, by
     with socket.create_server((host, port), backlog=1024) as listener:
         address = listener.getsockname()
         print(f"Listening on {target.scheme}://{address[0]}:{address[1]}", flush=True)
-        await serve_relay(listener, (target.hostname, target.port), latency_s, bytes_per_s)
+        await serve_relay(listener, (target.hostname, target.port), latency_s, bytes_per_s, pauses)
 
 
 def main() -> None:
@@ -164,28 +169,49 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=30.0)
     parser.add_argument("--megabytes-per-s", type=float, default=90.0, help="per connection; 0: no limit")
     parser.add_argument("--relay", action="store_true", help="relay TCP (for a fast upstream such as nginx)")
+    parser.add_argument("--pause", type=float, default=0.0, help="share of requests held back PAUSE_MS more (relay)")
+    parser.add_argument("--pause-ms", type=float, default=2000.0)
+    parser.add_argument("--pause-seed", type=int, default=0)
+    parser.add_argument("--pause-count-file", type=Path, help="where the relay writes how many it held back")
     args = parser.parse_args()
     import uvloop
 
-    serve = _serve_relay if args.relay else _serve
     bytes_per_s = args.megabytes_per_s * 1e6 or float("inf")
+    latency_s = args.latency_ms / 1000
+    if args.relay:
+        pauses = Pauses(args.pause, args.pause_ms / 1000, args.pause_seed, args.pause_count_file)
+        serving = _serve_relay(args.upstream, args.host, args.port, latency_s, bytes_per_s, pauses)
+    else:
+        serving = _serve(args.upstream, args.host, args.port, latency_s, bytes_per_s)
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(serve(args.upstream, args.host, args.port, args.latency_ms / 1000, bytes_per_s))
+        uvloop.run(serving)
 
 
 class NetworkProxy(ChildServer):
     """`with NetworkProxy(s3.endpoint_url) as proxy:` gives an emulated network at `proxy.endpoint_url`.
 
-    `relay=True` for a fast upstream (nginx, http or https): a TCP relay instead of object copies.
-    `megabytes_per_s=0` sets no pace.
+    `relay=True` for a fast upstream (nginx, http or https): a TCP relay instead of object copies; with it,
+    `pause` of the requests wait `pause_ms` more (`paused()` counts them). `megabytes_per_s=0` sets no pace.
     """
 
     module = "prefetchd.testing.network_proxy"
     what = "the network proxy"
 
     def __init__(
-        self, upstream: str, *, latency_ms: float = 30.0, megabytes_per_s: float = 90.0, relay: bool = False
+        self,
+        upstream: str,
+        *,
+        latency_ms: float = 30.0,
+        megabytes_per_s: float = 90.0,
+        relay: bool = False,
+        pause: float = 0.0,
+        pause_ms: float = 2000.0,
+        pause_seed: int = 0,
     ) -> None:
+        if pause and not relay:
+            raise ValueError("pauses are the relay's: pass relay=True")
+        self._scratch = tempfile.TemporaryDirectory(prefix="pfd-relay-")
+        self._count_path = Path(self._scratch.name) / "paused"
         args = [
             "--upstream",
             upstream,
@@ -195,11 +221,27 @@ class NetworkProxy(ChildServer):
             str(megabytes_per_s),
             *(["--relay"] if relay else []),
         ]
+        if pause:
+            pausing = ["--pause", str(pause), "--pause-ms", str(pause_ms), "--pause-seed", str(pause_seed)]
+            args += [*pausing, "--pause-count-file", str(self._count_path)]
         super().__init__(args)
 
     def __enter__(self) -> NetworkProxy:
         super().__enter__()
         return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            self._scratch.cleanup()
+
+    def paused(self) -> int:
+        """How many requests the relay has held back so far."""
+        try:
+            return int(self._count_path.read_text() or 0)
+        except FileNotFoundError:
+            return 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ later); bytes from the server go to the client at `bytes_per_s` per connection (
 `BURST_BYTES`, refilled continuously; the server is not read while it is empty, so TCP's own flow control
 holds it back). TLS passes through untouched, end to end.
 
+With `Pauses`, a seeded share of the requests wait longer (a slow GET: S3's tail latency), counted in a
+file the benchmark reads.
+
 The replies never enter Python: `os.splice` moves them from one socket through a pipe into the other
 inside the kernel. Copying them through user space cost ~1 CPU-s per GB, a third of what the 2 cores of the
 benchmark machine had to give, and the readers being measured share those cores.
@@ -18,8 +21,11 @@ import collections
 import contextlib
 import fcntl
 import os
+import random
 import socket
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 BURST_BYTES = 256 * 1024  # a reply's first 256 KiB go out at once, then the pace holds (as the HTTP proxy)
 _PIPE_BYTES = 256 * 1024  # one splice moves at most this: also the pace's granularity
@@ -27,11 +33,53 @@ _RECV_BYTES = 64 * 1024
 _SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 
 
+@dataclass
+class Pauses:
+    """Which requests wait `seconds` more before they reach the server: a `share` of them, drawn from `seed`.
+
+    A request is what the client sends in one piece while no other is due (an HTTP request on a kept-alive
+    connection); the count of paused ones is written to `count_path` (a line of text, rewritten at each).
+    """
+
+    share: float
+    seconds: float
+    seed: int = 0
+    count_path: Path | None = None
+    count: int = 0
+    _rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def draw(self) -> float:
+        """The extra wait of the request that just arrived: `seconds` for a share of them, else none."""
+        if self.share <= 0 or self._rng.random() >= self.share:
+            return 0.0
+        self.count += 1
+        if self.count_path is not None:
+            # rare, and a few bytes to the page cache; renamed into place so that a reader never sees it half-written
+            part = self.count_path.with_suffix(".part")
+            part.write_text(f"{self.count}\n")
+            part.replace(self.count_path)
+        return self.seconds
+
+
+NO_PAUSES = Pauses(0.0, 0.0)
+
+
 class _Link:
     """One client connection and its own connection to the upstream server."""
 
-    def __init__(self, client: socket.socket, upstream: socket.socket, latency_s: float, bytes_per_s: float) -> None:
+    def __init__(
+        self,
+        client: socket.socket,
+        upstream: socket.socket,
+        latency_s: float,
+        bytes_per_s: float,
+        pauses: Pauses = NO_PAUSES,
+    ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.pauses = pauses
         self.client, self.upstream = client, upstream
         self.latency_s, self.bytes_per_s = latency_s, bytes_per_s
         self.closed = self.loop.create_future()
@@ -66,10 +114,14 @@ class _Link:
         except OSError:
             self.close()
             return
+        extra_s = 0.0
         if not data:
             self.loop.remove_reader(self.client.fileno())
             data = None
-        self._due.append((time.monotonic() + self.latency_s, data))
+        elif not self._due:  # a new request, not the rest of one still on its way
+            extra_s = self.pauses.draw()
+        due = time.monotonic() + self.latency_s + extra_s
+        self._due.append((max(due, self._due[-1][0]) if self._due else due, data))
         if self._flush_at is None and not self._upstream_full:
             self._flush_requests()
 
@@ -183,7 +235,9 @@ class _Link:
         os.close(self._pipe_out)
 
 
-async def _relay(client: socket.socket, upstream: tuple[str, int], latency_s: float, bytes_per_s: float) -> None:
+async def _relay(
+    client: socket.socket, upstream: tuple[str, int], latency_s: float, bytes_per_s: float, pauses: Pauses
+) -> None:
     loop = asyncio.get_running_loop()
     try:
         (family, kind, protocol, _, address), *_ = await loop.getaddrinfo(*upstream, type=socket.SOCK_STREAM)
@@ -201,7 +255,7 @@ async def _relay(client: socket.socket, upstream: tuple[str, int], latency_s: fl
     for sock in (client, server):
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    link = _Link(client, server, latency_s, bytes_per_s)
+    link = _Link(client, server, latency_s, bytes_per_s, pauses)
     try:
         link.start()
         await link.closed
@@ -209,11 +263,17 @@ async def _relay(client: socket.socket, upstream: tuple[str, int], latency_s: fl
         link.close()
 
 
-async def serve_relay(listener: socket.socket, upstream: tuple[str, int], latency_s: float, bytes_per_s: float) -> None:
-    """Relay every connection `listener` accepts to `upstream` until cancelled."""
+async def serve_relay(
+    listener: socket.socket,
+    upstream: tuple[str, int],
+    latency_s: float,
+    bytes_per_s: float,
+    pauses: Pauses = NO_PAUSES,
+) -> None:
+    """Relay every connection `listener` accepts to `upstream` until cancelled; `pauses` slow some requests."""
     loop = asyncio.get_running_loop()
     listener.setblocking(False)
     async with asyncio.TaskGroup() as connections:
         while True:
             client, _ = await loop.sock_accept(listener)
-            connections.create_task(_relay(client, upstream, latency_s, bytes_per_s))
+            connections.create_task(_relay(client, upstream, latency_s, bytes_per_s, pauses))

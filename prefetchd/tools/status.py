@@ -124,9 +124,11 @@ def _s3_line(s3: Mapping[str, Any] | None, earlier: Mapping[str, Any] | None, el
         f"{bucket['name']} {bucket['limit']['limit']}/{bucket['limit']['ceiling']} ({bucket['in_flight']} in flight)"
         for bucket in s3.get("buckets", [])
     )
+    hedges = s3.get("hedges") or {}
+    raced = f"; hedges {hedges['started']} ({hedges['won']} won)" if hedges.get("started") else ""
     return (
         f"S3: {received} MB/s, {requests} requests/s; retries {s3['retries']}, throttled {s3['throttled']}, "
-        f"transient {s3['transient']}, broken {s3['broken']}; AIMD limit {limits or 'none yet'}"
+        f"transient {s3['transient']}, broken {s3['broken']}{raced}; AIMD limit {limits or 'none yet'}"
     )
 
 

@@ -186,3 +186,36 @@ def test_a_stream_that_catches_up_takes_turns_again() -> None:
         assert entered == ["other", "catching_up", "other", "catching_up", "other"]
 
     asyncio.run(scenario())
+
+
+def test_a_request_that_must_go_at_once_gets_a_place_only_if_one_is_free_and_none_is_waited_for() -> None:
+    """A hedge: worth sending now or not at all, and never ahead of requests the gate holds back."""
+
+    async def scenario() -> None:
+        gate = AdmissionGate("bucket", AimdLimit(2))
+        first = gate.admit_now()
+        assert first is not None and gate.statistics().in_flight == 1
+        release = asyncio.Event()
+
+        async def request() -> None:
+            async with gate.admitted():
+                await release.wait()
+
+        async with asyncio.TaskGroup() as group:
+            group.create_task(request())
+            group.create_task(request())  # waits: the limit is 2
+            await _settle()
+            assert gate.statistics().waiting == 1
+            assert gate.admit_now() is None, "the limit is reached"
+            first.ending = Ending.SUCCEEDED
+            gate.end(first)  # lets the waiter in
+            await _settle()
+            assert (gate.statistics().in_flight, gate.statistics().waiting) == (2, 0)
+            release.set()
+        throttled = gate.admit_now()
+        assert throttled is not None
+        throttled.ending = Ending.THROTTLED
+        gate.end(throttled)
+        assert gate.limit.statistics().throttles == 1, "its ending counts as any request's"
+
+    asyncio.run(scenario())

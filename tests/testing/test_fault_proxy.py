@@ -244,6 +244,27 @@ def test_a_stall_sends_part_of_the_body_then_nothing_on_an_open_connection(proxy
     assert proxy.counts() == FaultCounts(object_gets=1, stall=1)
 
 
+@pytest.mark.parametrize(
+    ("proxy", "garbled"),
+    [(FaultRates(pause=1.0, pause_ms=50), False), (FaultRates(pause=1.0, pause_ms=50, pause_garbles=True), True)],
+    indirect=["proxy"],
+    ids=["pause", "pause-garbles"],
+)
+def test_a_pause_sends_part_of_the_body_waits_then_sends_the_rest(proxy: FaultProxy, garbled: bool) -> None:
+    response, received, error = _presigned_get(proxy, {"Range": "bytes=100-"})
+    assert response.status == 206 and error is None
+    expected = BODY[100:]
+    assert len(received) == len(expected), "a pause delays the body; it neither cuts nor breaks it"
+    assert proxy.counts() == FaultCounts(object_gets=1, pause=1, pause_ended=1)
+    cut = re.fullmatch(r".* after (\d+) bytes.*", proxy.recent()[0])
+    assert cut is not None
+    before = int(cut.group(1))
+    assert 0 < before < len(expected)
+    assert received[:before] == expected[:before]
+    rest = bytes(255 - b for b in expected[before:]) if garbled else expected[before:]
+    assert received[before:] == rest, "the rest inverted" if garbled else "the rest as it is"
+
+
 @pytest.mark.parametrize("proxy", [FaultRates()], indirect=True, ids=["no-faults"])
 def test_requests_signed_with_an_expired_token_are_refused_as_s3_refuses_them(proxy: FaultProxy) -> None:
     import botocore.exceptions

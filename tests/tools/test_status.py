@@ -75,6 +75,14 @@ def test_rates_are_the_counters_difference_over_the_interval() -> None:
     assert cache.startswith("cache: hit rate 100% (interval: 30 hits, 0 misses)") and "55.0 of 256.0 MB" in cache
 
 
+def test_the_s3_line_shows_hedges_once_there_are_any() -> None:
+    quiet = _reading([_stream()])
+    assert "hedges" not in render_status(quiet).splitlines()[3]
+    raced = _reading([_stream()])
+    raced["s3"]["hedges"] = {"started": 3, "won": 2, "lost": 1, "failed": 0, "skipped": 0, "budget_left": 9.0}
+    assert "broken 0; hedges 3 (2 won); AIMD limit" in render_status(raced).splitlines()[3]
+
+
 def test_one_reading_shows_totals_and_no_rates() -> None:
     table = render_status(_reading([_stream()], hits=30))
     row = table.splitlines()[2].split()

@@ -21,7 +21,11 @@ def choose_partition(
     parts = _one_of("num_parts", num_parts, "world_size", world_size, default=1)
     index = _one_of("part_index", part_index, "rank", rank, default=0)
     if parts < 1 or not 0 <= index < parts:
-        raise InvalidRequest(f"the part must be in [0, parts): got part {index} of {parts} (rank of world_size)")
+        aliases = num_parts is None and part_index is None and (rank is not None or world_size is not None)
+        index_name, parts_name = ("rank", "world_size") if aliases else ("part_index", "num_parts")  # the caller's
+        raise InvalidRequest(
+            f"{index_name} must be in [0, {parts_name}): got {index_name}={index}, {parts_name}={parts}"
+        )
     return parts, index
 
 

@@ -28,9 +28,9 @@ def test_either_name_picks_the_part(given: dict[str, int], chosen: tuple[int, in
     [
         ({"num_parts": 4, "world_size": 2}, "num_parts=4 and world_size=2 disagree"),
         ({"part_index": 0, "rank": 1}, "part_index=0 and rank=1 disagree"),
-        ({"world_size": 2, "rank": 2}, "got part 2 of 2"),
-        ({"rank": 1}, "got part 1 of 1"),
-        ({"world_size": 0}, "got part 0 of 0"),
+        ({"world_size": 2, "rank": 2}, r"rank must be in \[0, world_size\): got rank=2, world_size=2"),
+        ({"rank": 1}, "got rank=1, world_size=1"),
+        ({"world_size": 0}, "got rank=0, world_size=0"),
         ({"rank": "1"}, "rank must be an integer, not '1'"),
         ({"world_size": True}, "world_size must be an integer, not True"),
     ],
@@ -53,7 +53,7 @@ def test_the_environment_is_read_only_when_asked(monkeypatch: pytest.MonkeyPatch
         ({"WORLD_SIZE": "4"}, r"\$RANK is not set"),
         ({"RANK": "0"}, r"\$WORLD_SIZE is not set"),
         ({"RANK": "one", "WORLD_SIZE": "4"}, r"\$RANK='one' is not an integer"),
-        ({"RANK": "4", "WORLD_SIZE": "4"}, "got part 4 of 4"),
+        ({"RANK": "4", "WORLD_SIZE": "4"}, "got rank=4, world_size=4"),
     ],
 )
 def test_a_missing_or_bad_variable_says_which(environ: dict[str, str], message: str) -> None:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .bytes import PEER, PREFETCHD, SEQUENTIAL, UNSHAPED, Result
+from .docs import DOCS, rewrite_section
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
 SECTION = "## Raw bytes from nginx through the modelled network (generated)"
 BEGIN = "<!-- begin: written by `prefetchd bench --only bytes`, rewritten on every run -->"
 END = "<!-- end: written by `prefetchd bench --only bytes` -->"
@@ -140,15 +139,7 @@ def markdown(tables: list[Table], command: str) -> str:
 
 def write_docs(tables: list[Table], command: str, docs: Path = DOCS) -> None:
     """Rewrite the generated section of `docs/benchmarks.md` (appended the first time) and the plot."""
-    page = docs / "benchmarks.md"
-    block = f"{BEGIN}\n{markdown(tables, command)}\n{END}"
-    current = page.read_text()
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: block, current)
-    else:
-        updated = current.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
-    page.write_text(updated)
+    rewrite_section(SECTION, BEGIN, END, markdown(tables, command), docs)
     plot(tables, docs / PLOT_NAME)
 
 

@@ -8,7 +8,7 @@ what they do, and a scrape every few seconds reads those counts once. Names foll
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
@@ -43,48 +43,57 @@ def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
+# The counters every stream keeps, and closed streams' sums keep too: (attribute, the daemon's total and its
+# help, the stream's own series and its help)
+_STREAM_COUNTERS = (
+    (
+        "batches_sent",
+        ("prefetchd_batches", "Batches handed to trainers"),
+        ("prefetchd_stream_batches", "Batches handed to this stream's trainer"),
+    ),
+    (
+        "bytes_sent",
+        ("prefetchd_sent_bytes", "Array bytes of the batches handed to trainers (valid records only)"),
+        ("prefetchd_stream_sent_bytes", "Array bytes of batches handed to this stream's trainer"),
+    ),
+    (
+        "trainer_wait_s",
+        ("prefetchd_trainer_wait_seconds", "Time trainers waited in next() for a batch that was not ready: the stall"),
+        ("prefetchd_stream_trainer_wait_seconds", "This stream's trainer's stall"),
+    ),
+    (
+        "fill_s",
+        ("prefetchd_fill_seconds", "Time spent filling ring slots (waiting on fetches, decoding)"),
+        ("prefetchd_stream_fill_seconds", "Time filling this stream's slots"),
+    ),
+    (
+        "decode_s",
+        (
+            "prefetchd_decode_seconds",
+            "Time spent decoding batches whose bytes had arrived (IDX scaling, JPEG decode in the workers)",
+        ),
+        ("prefetchd_stream_decode_seconds", "Time decoding this stream's batches"),
+    ),
+)
+
+
 def _streams(snap: DaemonSnapshot) -> Iterator[Metric]:
     live, done = snap.streams, snap.finished
     yield GaugeMetricFamily("prefetchd_streams", "Streams open now", value=len(live))
     yield CounterMetricFamily("prefetchd_streams_opened", "Streams opened", value=done.streams + len(live))
-    yield CounterMetricFamily(
-        "prefetchd_batches", "Batches handed to trainers", value=done.batches_sent + sum(s.batches_sent for s in live)
-    )
-    yield CounterMetricFamily(
-        "prefetchd_sent_bytes",
-        "Array bytes of the batches handed to trainers (valid records only)",
-        value=done.bytes_sent + sum(s.bytes_sent for s in live),
-    )
-    yield CounterMetricFamily(
-        "prefetchd_trainer_wait_seconds",
-        "Time trainers waited in next() for a batch that was not ready: the stall",
-        value=done.trainer_wait_s + sum(s.trainer_wait_s for s in live),
-    )
-    yield CounterMetricFamily(
-        "prefetchd_fill_seconds",
-        "Time spent filling ring slots (waiting on fetches, decoding)",
-        value=done.fill_s + sum(s.fill_s for s in live),
-    )
-    yield CounterMetricFamily(
-        "prefetchd_decode_seconds",
-        "Time spent decoding batches whose bytes had arrived (IDX scaling, JPEG decode in the workers)",
-        value=done.decode_s + sum(s.decode_s for s in live),
-    )
-    batches = CounterMetricFamily(
-        "prefetchd_stream_batches", "Batches handed to this stream's trainer", labels=STREAM_LABELS
-    )
-    sent = CounterMetricFamily(
-        "prefetchd_stream_sent_bytes", "Array bytes of batches handed to this stream's trainer", labels=STREAM_LABELS
-    )
-    waits = CounterMetricFamily(
-        "prefetchd_stream_trainer_wait_seconds", "This stream's trainer's stall", labels=STREAM_LABELS
-    )
-    fills = CounterMetricFamily(
-        "prefetchd_stream_fill_seconds", "Time filling this stream's slots", labels=STREAM_LABELS
-    )
-    decodes = CounterMetricFamily(
-        "prefetchd_stream_decode_seconds", "Time decoding this stream's batches", labels=STREAM_LABELS
-    )
+    per_stream = []
+    for attribute, (name, text), (stream_name, stream_text) in _STREAM_COUNTERS:
+        total = getattr(done, attribute) + sum(getattr(stream, attribute) for stream in live)
+        yield CounterMetricFamily(name, text, value=total)
+        family = CounterMetricFamily(stream_name, stream_text, labels=STREAM_LABELS)
+        for stream in live:
+            family.add_metric(_labels(stream), getattr(stream, attribute))
+        per_stream.append(family)
+    yield from per_stream
+    yield from _stream_gauges(live)
+
+
+def _stream_gauges(live: Sequence[StreamSnapshot]) -> Iterator[Metric]:
     epochs = GaugeMetricFamily("prefetchd_stream_epoch", "The epoch this stream is filling", labels=STREAM_LABELS)
     slots = GaugeMetricFamily(
         "prefetchd_stream_ring_slots",
@@ -100,21 +109,13 @@ def _streams(snap: DaemonSnapshot) -> Iterator[Metric]:
     )
     for stream in live:
         labels = _labels(stream)
+        epochs.add_metric(labels, stream.epoch)
+        ring = {"free": stream.ring_free, "filling": stream.ring_filling, "ready": stream.ring_ready}
+        for state, count in ring.items():
+            slots.add_metric([*labels, state], count)
         requests.add_metric([*labels, "in_flight"], stream.fetches_in_flight)
         requests.add_metric([*labels, "waiting"], stream.fetches_waiting)
-        batches.add_metric(labels, stream.batches_sent)
-        sent.add_metric(labels, stream.bytes_sent)
-        waits.add_metric(labels, stream.trainer_wait_s)
-        fills.add_metric(labels, stream.fill_s)
-        decodes.add_metric(labels, stream.decode_s)
-        epochs.add_metric(labels, stream.epoch)
-        for state, count in (
-            ("free", stream.ring_free),
-            ("filling", stream.ring_filling),
-            ("ready", stream.ring_ready),
-        ):
-            slots.add_metric([*labels, state], count)
-    yield from (batches, sent, waits, fills, decodes, epochs, slots, requests)
+    yield from (epochs, slots, requests)
 
 
 def _labels(stream: StreamSnapshot) -> list[str]:

@@ -52,11 +52,17 @@ pytest: $(STAMP)
 # these modules import it at the top, so they are not even collected there).
 MXNET_MODULES := tests/e2e/test_mnist_iter.py tests/e2e/test_training.py tests/deploy/test_compose_services.py \
 	tests/e2e/test_resume_mxnet.py
-# The HTTP layer and the test servers touch no numpy: once, in the first environment, is enough.
+# The HTTP and fetch layers, the daemon's settings and the test servers touch no numpy: once, in the first
+# environment, is enough.
 NO_NUMPY_MODULES := tests/testing tests/fetch/test_http11.py tests/fetch/test_range_get.py tests/fetch/test_lean_s3.py \
 	tests/fetch/test_s3_retries.py tests/fetch/test_s3_faults.py tests/fetch/test_aimd.py tests/fetch/test_admission.py \
 	tests/fetch/test_hedge.py tests/fetch/test_hedging.py \
-	tests/deploy/test_compose.py tests/deploy/test_dockerfile.py tests/deploy/test_observability.py
+	tests/deploy/test_compose.py tests/deploy/test_dockerfile.py tests/deploy/test_observability.py \
+	tests/fetch/test_policy.py tests/fetch/test_window.py tests/fetch/test_scheduler.py tests/fetch/test_sources.py \
+	tests/serve tests/test_config.py tests/test_redaction.py
+# The control protocol is JSON frames and the daemon's handling of them: no array crosses them either.
+NO_NUMPY_MODULES += tests/client/test_protocol.py tests/client/test_golden.py tests/e2e/test_control_fuzz.py \
+	tests/e2e/test_logging.py tests/tools/test_status.py
 pytest-numpy2: $(STAMP2)
 	$(VENV2)/bin/python -m pytest -m "not mxnet" $(MXNET_MODULES:%=--ignore=%) $(NO_NUMPY_MODULES:%=--ignore=%) \
 		$(PYTEST_ARGS)

@@ -16,8 +16,8 @@ import random
 import ssl
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -30,7 +30,7 @@ from botocore.httpsession import get_cert_path
 from prefetchd_client.errors import ObjectChanged, PrefetchdError, SourceError, SourceUnavailable
 
 from ..config import S3Settings
-from .admission import AdmissionGate, AdmissionStatistics, Ending
+from .admission import AdmissionGate, AdmissionStatistics, Ending, Ticket
 from .aimd import AimdLimit
 from .credentials import RenewableChain, RenewableCredentials, install_renewable_chain
 from .hedge import NO_HEDGES, HedgePolicy, Hedger, HedgeStatistics
@@ -321,18 +321,27 @@ class S3Source:
     async def _admitted(self, bucket: str) -> AsyncIterator[int]:
         """One try, admitted by the bucket's gate; yields the credentials' generation it signs with."""
         async with self._gate(bucket).admitted() as ticket:
-            self._counts["requests"] += 1
             generation = self._chain.credentials.generation if self._chain and self._chain.credentials else 0
-            try:
-                yield generation
-            except TryFailed as exc:
-                exc.generation = generation
-                self._counts[exc.failure.value] += 1
-                if exc.failure is Failure.THROTTLED:
-                    ticket.ending = Ending.THROTTLED
-                raise
-            ticket.ending = Ending.SUCCEEDED
+            with self._accounted(ticket):
+                try:
+                    yield generation
+                except TryFailed as exc:
+                    exc.generation = generation
+                    raise
             self._budget.earn()
+
+    @contextmanager
+    def _accounted(self, ticket: Ticket) -> Iterator[None]:
+        """Count one try (a hedge's too) and tell its ticket how it ended, for the bucket's AIMD limit."""
+        self._counts["requests"] += 1
+        try:
+            yield
+        except TryFailed as exc:
+            self._counts[exc.failure.value] += 1
+            if exc.failure is Failure.THROTTLED:
+                ticket.ending = Ending.THROTTLED
+            raise
+        ticket.ending = Ending.SUCCEEDED
 
     def _hedger(self, bucket: str) -> Hedger | None:
         if self.hedge is None:
@@ -435,16 +444,9 @@ class S3Source:
             return None
 
         async def get() -> int:
-            self._counts["requests"] += 1
             try:
-                got = await self._get_into(location, info, first, out, generation, progress=progress, fresh=True)
-                ticket.ending = Ending.SUCCEEDED
-                return got
-            except TryFailed as exc:
-                self._counts[exc.failure.value] += 1
-                if exc.failure is Failure.THROTTLED:
-                    ticket.ending = Ending.THROTTLED
-                raise
+                with self._accounted(ticket):
+                    return await self._get_into(location, info, first, out, generation, progress=progress, fresh=True)
             finally:
                 self._counts["hedge_bytes"] += progress.received
                 gate.end(ticket)

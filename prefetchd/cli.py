@@ -71,13 +71,13 @@ def main() -> None:
 @click.option(
     "--hedge-multiplier",
     type=click.FloatRange(min=1),
-    help="Hedge a GET once it has run this many times its peers' p95 time [default: 2]",
+    help="Hedge a GET once it has run this many times its peers' p95 time [default: 1.5]",
 )
 @click.option(
     "--hedge-min-delay",
     "hedge_min_delay_s",
     type=click.FloatRange(min=0),
-    help="Seconds a GET runs at least before it is hedged [default: 0.1]",
+    help="Seconds a GET runs at least before it is hedged [default: 0.05]",
 )
 @click.option(
     "--hedge-budget",
@@ -98,7 +98,7 @@ def main() -> None:
 @click.option(
     "--max-ring-size",
     "max_ring_bytes",
-    help="Most shared memory a bytes stream sizes its ring to, from the latency it measures [default: 256MiB]",
+    help="Most shared memory a bytes stream sizes its ring to, from the latency it measures [default: 512MiB]",
 )
 @click.option(
     "--target-rate",

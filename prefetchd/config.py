@@ -57,8 +57,8 @@ class Config:
     # a GET still running after hedge_multiplier × its peers' p95 (at least hedge_min_delay_s) is raced by a
     # second one for its missing bytes, within hedge_budget more requests (fetch/hedge.py, fetch/race.py)
     hedge: bool = True
-    hedge_multiplier: float = 2.0
-    hedge_min_delay_s: float = 0.1
+    hedge_multiplier: float = 1.5
+    hedge_min_delay_s: float = 0.05
     hedge_budget: float = 0.05
     min_chunk_bytes: int = 1 * MiB  # small objects are cut no finer than this
     stream_budget_bytes: int = 512 * MiB  # fetched-but-unconsumed bytes per stream
@@ -69,7 +69,7 @@ class Config:
     # a bytes stream sizes its ring from the first-byte latency it measures (fetch/window.py): enough bytes in
     # flight to move `target_bytes_per_s`, never more shared memory than `max_ring_bytes`
     target_bytes_per_s: int = 1500 * 1000 * 1000
-    max_ring_bytes: int = 256 * MiB
+    max_ring_bytes: int = 512 * MiB
     max_slots: int = 64
     decode_threads: int = 2
     decode_processes: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))  # image decode workers

@@ -53,7 +53,10 @@ class RawReader:
         self._router = router
         self.fill_depth = config.max_concurrency
         self.decode_s = 0.0  # raw bytes are not decoded
-        self.window = self._plan_window(config, ttfb_s)
+        blocks = -(-info.size // self.block)
+        self.part = partition(blocks, request.num_parts, request.part_index)
+        part_bytes = max(0, min(info.size, self.part.stop * self.block) - self.part.start * self.block)
+        self.window = self._plan_window(config, ttfb_s, part_bytes)
         # a small object is cut finer, so that it is still read `max_concurrency` ranges at a time; a batch is
         # read as the pieces the window calls for, so that `max_concurrency` GETs cover the window
         piece = min(
@@ -67,9 +70,6 @@ class RawReader:
         )
         pieces = min(_MAX_PIECES_PER_BATCH, max(1, (self.block + piece // 2) // piece))  # the nearest even cut
         self.piece = -(-self.block // pieces)
-        blocks = -(-info.size // self.block)
-        self.part = partition(blocks, request.num_parts, request.part_index)
-        part_bytes = max(0, min(info.size, self.part.stop * self.block) - self.part.start * self.block)
         self.shape = ReaderShape(
             arrays=[
                 ("data", np.dtype("uint8").str, (self.block,)),
@@ -83,16 +83,26 @@ class RawReader:
             shuffle_window=len(self.part) if request.shuffle else 0,  # blocks shuffle whole: no budget in it
         )
 
-    def _plan_window(self, config: Config, ttfb_s: float) -> Window:
-        """At least the client's `prefetch` batches; more when the latency calls for it, within max_ring_bytes."""
+    def _plan_window(self, config: Config, ttfb_s: float, part_bytes: int) -> Window:
+        """At least the client's `prefetch` batches; more when the latency calls for it, within max_ring_bytes.
+
+        With hedging on, the window also covers a range as late as a hedge lets it be (its first byte overdue
+        at `hedge_multiplier` × the latency, or `hedge_min_delay_s`), so that one slow GET does not stall the
+        stream. Never more than the client's part of the object: an epoch is all a ring needs ahead.
+        """
         at_least = max(1, self.request.prefetch) * self.block
+        at_most = max(at_least, min(config.max_ring_bytes - 2 * self.block, -(-part_bytes // self.block) * self.block))
+        hedged = config.hedge and scheme_of(self.request.sources["object"]) == "s3"  # a local file is never late
+        late_s = max(config.hedge_min_delay_s, config.hedge_multiplier * ttfb_s) if hedged else 0.0
         return plan_window(
             ttfb_s,
             target_bytes_per_s=config.target_bytes_per_s,
             connections=config.max_concurrency,
             connection_bytes_per_s=CONNECTION_BYTES_PER_S,
             min_window_bytes=at_least,
-            max_window_bytes=max(at_least, config.max_ring_bytes - 2 * self.block),
+            max_window_bytes=at_most,
+            late_s=late_s,
+            max_piece_bytes=min(self.block, config.chunk_bytes),
         )
 
     @classmethod

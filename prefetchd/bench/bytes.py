@@ -8,7 +8,8 @@ the same relay, which delays each request by the first-byte latency and paces ea
 - s3fs `cat_file` of the whole object, at its defaults;
 - hand-written concurrent readers with aiobotocore, obstore and s3fs, 16, 32 and 64 ranges of 8 MiB in flight;
 - prefetchd's `bytes_iter`, drained from the client (8 MiB batches, 8 ahead; the daemon at its defaults
-  but for the epoch cache, which is off).
+  but for the epoch cache, which is off): a new stream per read, and the steady epochs of one stream kept
+  open (`readers.PrefetchdSteady`), as a trainer reads.
 The limit for a reader with n connections: min(n × the pace, the best round of the same relay unshaped).
 """
 
@@ -60,7 +61,7 @@ def _kind(reader: readers.Reader) -> str:
         return SEQUENTIAL
     if isinstance(reader, readers.AiobotocoreRanges | readers.ObstoreRanges | readers.S3fsRanges):
         return PEER
-    if isinstance(reader, readers.PrefetchdClient):
+    if isinstance(reader, readers.PrefetchdClient | readers.PrefetchdSteady):
         return PREFETCHD
     return BASELINE
 
@@ -87,6 +88,7 @@ def run(
                 timed: list[readers.Reader] = [
                     *readers.peers(network.endpoint_url, buffers),
                     readers.PrefetchdClient(prefetchd.socket_path, DAEMON_CONCURRENCY),
+                    readers.PrefetchdSteady(prefetchd.socket_path, DAEMON_CONCURRENCY),
                 ]
                 ceiling: list[readers.Reader] = [
                     readers.AiobotocoreRanges(unshaped.endpoint_url, 32, buffers),
@@ -148,9 +150,12 @@ def _measure(
 def _timed_read(s3: BenchS3, path: Path, reader: readers.Reader, bar: Any) -> float:
     size = path.stat().st_size
     bar.set_postfix_str(reader.name, refresh=False)
-    started = time.perf_counter()
-    got = reader.read(BUCKET, s3.key(path), size)
-    seconds = time.perf_counter() - started
+    if isinstance(reader, readers.PrefetchdSteady):  # times its steady epochs itself
+        got, seconds = reader.timed_read(BUCKET, s3.key(path), size)
+    else:
+        started = time.perf_counter()
+        got = reader.read(BUCKET, s3.key(path), size)
+        seconds = time.perf_counter() - started
     bar.update()
     if got != size:
         raise RuntimeError(f"{reader.name} read {got} of the {size} bytes of {path.name}")

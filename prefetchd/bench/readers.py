@@ -3,13 +3,15 @@
 Every reader is built once per endpoint (clients, pools and event loops are not timed) and then asked to
 read an object again and again: `read(bucket, key, size)` returns how many bytes it got. The concurrent
 peers put each 8 MiB range straight into one preallocated buffer, as a careful hand-written reader would;
-prefetchd's client reads each batch where the daemon put it, in shared memory.
+prefetchd's client reads each batch where the daemon put it, in shared memory, once with a new stream per
+read and once as a trainer does, epoch after epoch of one stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -286,6 +288,52 @@ class PrefetchdClient:
 
     def close(self) -> None:
         pass
+
+
+class PrefetchdSteady:
+    """prefetchd's `bytes_iter` as a trainer reads it: one stream per object kept open for the whole run, timed
+    on its steady epochs. Each turn drains one epoch untimed (the daemon filled the ring while the other readers
+    ran, which would flatter the figure) and then times the epochs that follow without a break, at least
+    `STEADY_BYTES` of them: the ring's pages are faulted in and the open is paid, once, before the first turn,
+    as the peers' buffers and clients are. Epochs back to back are what a trainer reads, and the daemon starts
+    an epoch's GETs while the last ones of the one before are still coming; a peer called once an epoch does not.
+    """
+
+    STEADY_BYTES = 400_000_000
+
+    def __init__(self, socket_path: Path, connections: int, prefetch: int = 8) -> None:
+        self.name = "prefetchd bytes_iter, one stream's steady epochs"
+        self.connections = connections
+        self.socket_path = socket_path
+        self.prefetch = prefetch
+        self._streams: dict[str, Any] = {}
+
+    def read(self, bucket: str, key: str, size: int) -> int:
+        return self.timed_read(bucket, key, size)[0]
+
+    def timed_read(self, bucket: str, key: str, size: int) -> tuple[int, float]:
+        """(bytes an epoch brought, seconds an epoch took), over the epochs after the untimed one."""
+        from prefetchd_client import bytes_iter
+
+        url = f"s3://{bucket}/{key}"
+        if url not in self._streams:
+            self._streams[url] = bytes_iter(
+                url, batch_bytes=RANGE_BYTES, prefetch=self.prefetch, socket_path=self.socket_path
+            )
+        stream = self._streams[url]
+        sum(len(batch.data) for batch in stream)
+        epochs = max(1, -(-self.STEADY_BYTES // max(1, size)))
+        started = time.perf_counter()
+        got = [sum(len(batch.data) for batch in stream) for _ in range(epochs)]
+        seconds = (time.perf_counter() - started) / epochs
+        if len(set(got)) != 1:
+            raise RuntimeError(f"{self.name}: epochs of {url} brought {got} bytes")
+        return got[0], seconds
+
+    def close(self) -> None:
+        for stream in self._streams.values():
+            stream.close()
+        self._streams.clear()
 
 
 def peers(endpoint_url: str, buffers: Buffers) -> list[Reader]:

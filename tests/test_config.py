@@ -46,7 +46,7 @@ def test_defaults_apply_when_nothing_is_set() -> None:
     assert loaded.s3.addressing_style == "auto" and loaded.s3.verify_ssl
     assert loaded.s3.env_names_used == ()
     assert loaded.http_address == "127.0.0.1:9464"  # loopback only unless told otherwise
-    assert (loaded.max_ring_bytes, loaded.target_bytes_per_s) == (256 * MiB, 1_500_000_000)
+    assert (loaded.max_ring_bytes, loaded.target_bytes_per_s) == (512 * MiB, 1_500_000_000)
 
 
 def test_the_http_side_is_moved_or_turned_off_and_a_bad_address_is_refused() -> None:
@@ -109,18 +109,18 @@ def test_the_stall_timeout_is_10_s_unless_a_flag_env_or_file_says_otherwise(tmp_
     assert config({"PREFETCHD_STALL_TIMEOUT_S": "0.3"}, stall_timeout_s=4.0).stall_timeout_s == 4.0
 
 
-def test_hedging_is_on_at_2x_p95_and_5_percent_unless_a_flag_env_or_file_says_otherwise(tmp_path: Path) -> None:
+def test_hedging_is_on_at_1_5x_p95_and_5_percent_unless_a_flag_env_or_file_says_otherwise(tmp_path: Path) -> None:
     from prefetchd.fetch.router import hedge_policy
 
     default = config()
     assert (default.hedge, default.hedge_multiplier, default.hedge_min_delay_s, default.hedge_budget) == (
         True,
-        2.0,
-        0.1,
+        1.5,
+        0.05,
         0.05,
     )
     policy = hedge_policy(default)
-    assert policy is not None and (policy.multiplier, policy.min_delay_s, policy.budget) == (2.0, 0.1, 0.05)
+    assert policy is not None and (policy.multiplier, policy.min_delay_s, policy.budget) == (1.5, 0.05, 0.05)
     assert hedge_policy(config({"PREFETCHD_HEDGE": "off"})) is None
     assert config({"PREFETCHD_HEDGE": "off"}, hedge=True).hedge is True
     file = toml_file(tmp_path, "hedge = false\nhedge_multiplier = 3\nhedge_budget = 0.1\n")

@@ -61,6 +61,7 @@ class EpochFill(Protocol):
 class Reader(Protocol):
     shape: ReaderShape
     fill_depth: int  # batches filled at once: more than one keeps worker processes busy between batches
+    epochs_overlap: bool  # the next epoch's fills may start before this one's finish (its context exited)
     decode_s: float  # time spent decoding batches whose bytes had arrived, for the metrics
 
     async def attach(self, segment_id: int, segment: Segment) -> None:

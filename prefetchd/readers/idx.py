@@ -104,6 +104,7 @@ class IdxReader:
     """Serves one IDX stream."""
 
     fill_depth = 1  # decoding an IDX batch is a scaled copy; one at a time keeps the order simple
+    epochs_overlap = False  # an epoch's fills use its own fetch schedule: they finish inside it
     decode_s = 0.0  # an instance's own once it decodes
 
     def __init__(

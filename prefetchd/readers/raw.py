@@ -52,6 +52,7 @@ class RawReader:
         self.block = request.batch_size
         self._router = router
         self.fill_depth = config.max_concurrency
+        self.epochs_overlap = True  # a fill needs nothing of its epoch: the next epoch's GETs go while this one's end
         self.decode_s = 0.0  # raw bytes are not decoded
         blocks = -(-info.size // self.block)
         self.part = partition(blocks, request.num_parts, request.part_index)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,32 @@ def test_a_ring_smaller_than_the_fill_depth_still_streams(objects: Objects, s3_s
     ):
         for _ in range(2):
             assert b"".join(batch.data.tobytes() for batch in batches) == DATA
+
+
+def test_the_next_epoch_s_gets_go_while_this_one_s_last_are_still_coming(
+    objects: Objects, s3_server: EmbeddedS3, tmp_path: Path
+) -> None:
+    """A bytes stream keeps its window full across an epoch's end: every GET waits 600 ms before it reaches
+    the server, and by the time the client has a batch that needed one, the next epoch's GET has been sent
+    too. Before, the next epoch's first GET went only once this epoch's last batch was in the ring."""
+    block = 1 << 20  # the open brings the first MiB (block 0); blocks 1-3 of each epoch need a GET each
+    data = np.random.default_rng(7).integers(0, 256, 4 * block, dtype=np.uint8).tobytes()
+    url = objects.put("four-blocks", data)
+    with (
+        NetworkProxy(s3_server.endpoint_url, latency_ms=600, relay=True) as far,  # holds each request back
+        DaemonProcess(env={**s3_server.environment(), "AWS_ENDPOINT_URL_S3": far.endpoint_url}) as daemon,
+        bytes_iter(url, batch_bytes=block, prefetch=8, socket_path=daemon.socket_path) as batches,
+    ):
+        assert batches.opened.segment_bytes // block == 6  # an epoch and two: the daemon's most for 4 batches
+        first, second = next(batches), next(batches)  # the second is the first to wait on a GET of its own
+        time.sleep(0.3)  # half a first byte: a GET sent when `second` arrived has not reached the server yet
+        gets = sum(1 for line in list(s3_server.log) if "GET /" in line and "four-blocks" in line)
+        # the open's GET, blocks 1-3 of epoch 0 and block 1 of epoch 1 in the two slots past the epoch (blocks
+        # 0 come from the open's head): 5; an epoch at a time would have sent the open's and epoch 0's, 4
+        assert gets == 5
+        rest = [first.data.tobytes(), second.data.tobytes(), *(batch.data.tobytes() for batch in batches)]
+        assert b"".join(rest) == data
+        assert b"".join(batch.data.tobytes() for batch in batches) == data  # and the next epoch, whole
 
 
 def test_a_far_endpoint_gets_a_deeper_ring_and_the_same_bytes(

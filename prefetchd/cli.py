@@ -103,7 +103,7 @@ def main() -> None:
 @click.option(
     "--target-rate",
     "target_bytes_per_s",
-    help="Bytes per second a bytes stream keeps enough in flight for, e.g. 1.5GB [default: 1.5GB]",
+    help="Bytes per second the bytes streams open at once keep enough in flight for, e.g. 1.5GB [default: 1.5GB]",
 )
 @click.option(
     "--cache-size",

@@ -67,7 +67,8 @@ class Config:
     cache_disk_bytes: int = 16 * 1024 * MiB  # the disk tier's budget, when cache_dir is set
     ring_bytes: int = 64 * MiB  # target size of one stream's ring
     # a bytes stream sizes its ring from the first-byte latency it measures (fetch/window.py): enough bytes in
-    # flight to move `target_bytes_per_s`, never more shared memory than `max_ring_bytes`
+    # flight to move its share of `target_bytes_per_s` (the host's, shared by the bytes streams open at once),
+    # never more shared memory than `max_ring_bytes`
     target_bytes_per_s: int = 1500 * 1000 * 1000
     max_ring_bytes: int = 512 * MiB
     max_slots: int = 64

@@ -9,6 +9,7 @@ what it is told passes through the redactor, as the log does. On shutdown every 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import os
@@ -62,6 +63,7 @@ class ControlServer:
         self.executor = executor
         self.pool = pool
         self.streams: dict[int, Stream] = {}
+        self._bytes_streams = 0  # bytes streams open or opening, which share the target rate
         self.connections = 0
         self.limits = ClientLimits(config.max_streams_per_client, config.max_ring_bytes_per_client)
         self.redact = Redactor.for_settings(config.s3)
@@ -155,7 +157,19 @@ class ControlServer:
             await asyncio.to_thread(check_sources, request.sources.values(), self.config.allowed_prefixes)
         else:
             check_local_sources_for(peer.credentials.uid, request.sources.values())
-        reader = await open_reader(request, self.router, self.config, self.executor, self.pool)
+        # `--target-rate` is the host's: the bytes streams open at once share it, each window sized for its
+        # share (the first alone gets it all), so that N ranks do not map N windows each sized for the link
+        sharing = int(request.format == "bytes")
+        self._bytes_streams += sharing
+        try:
+            target = max(1, self.config.target_bytes_per_s // max(1, self._bytes_streams))
+            config = dataclasses.replace(self.config, target_bytes_per_s=target) if sharing else self.config
+            reader = await open_reader(request, self.router, config, self.executor, self.pool)
+            await self._serve_reader(peer, request, reader)
+        finally:
+            self._bytes_streams -= sharing
+
+    async def _serve_reader(self, peer: PeerConnection, request: Open, reader: Reader) -> None:
         shape = reader.shape
         if shape.batches_per_epoch == 0 and not (request.format == "bytes" and shape.samples_per_epoch == 0):
             # an empty object read as bytes is empty, not a batch_size too large for the data

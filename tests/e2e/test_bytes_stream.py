@@ -13,10 +13,10 @@ from prefetchd.fetch.window import CONNECTION_BYTES_PER_S, plan_window
 from prefetchd.testing.daemon_process import DaemonProcess
 from prefetchd.testing.embedded_s3 import EmbeddedS3
 from prefetchd.testing.network_proxy import NetworkProxy
-from prefetchd_client import InvalidRequest, bytes_iter
+from prefetchd_client import BatchIterator, InvalidRequest, bytes_iter
 from prefetchd_client.layout import RingGeometry
 from tests.conftest import Objects
-from tests.helpers import requests_for
+from tests.helpers import requests_for, scrape
 
 DATA = np.random.default_rng(5).integers(0, 256, 3_000_017, dtype=np.uint8).tobytes()  # not a multiple of a batch
 
@@ -153,3 +153,37 @@ def test_a_far_endpoint_gets_a_deeper_ring_and_the_same_bytes(
         slots = -(-least.window_bytes // block) + 2
         assert far.opened.segment_bytes >= RingGeometry.build(slots, arrays).segment_bytes > near.opened.segment_bytes
         assert b"".join(batch.data.tobytes() for batch in far) == DATA
+
+
+def test_bytes_streams_open_at_once_share_the_target_rate(objects: Objects, s3_server: EmbeddedS3) -> None:
+    """`--target-rate` is the host's: a second stream opened beside a first sizes its window for half of it."""
+    block = 1 << 16
+    url = objects.put("blob", DATA)
+    with (
+        NetworkProxy(s3_server.endpoint_url, latency_ms=200) as far_network,
+        DaemonProcess(
+            env={**s3_server.environment(), "AWS_ENDPOINT_URL_S3": far_network.endpoint_url},
+            args=("--target-rate", "4MB"),  # about 2 MB of window alone at 200 ms and its hedge deadline
+        ) as daemon,
+    ):
+
+        def opened() -> BatchIterator:
+            return bytes_iter(url, batch_bytes=block, prefetch=2, socket_path=daemon.socket_path)
+
+        def all_closed() -> None:  # the daemon ends a stream when it reads the client's close
+            for _ in range(100):
+                if scrape(daemon.http_url)[("prefetchd_streams", ())] == 0:
+                    return
+                time.sleep(0.05)
+
+        with opened():  # a daemon's first GET also makes its client and connection: its first byte looks later
+            pass
+        all_closed()
+        with opened() as first, opened() as second:
+            alone, shared = first.opened.segment_bytes, second.opened.segment_bytes
+            assert shared < 0.7 * alone  # half the rate, half the window (the first byte is measured, not exact)
+            assert next(second).data.tobytes() == DATA[:block]
+        all_closed()
+        with opened() as third:  # the others closed: it has the rate to itself again
+            assert third.opened.segment_bytes > 0.7 * alone
+            assert next(third).data.tobytes() == DATA[:block]

@@ -85,10 +85,12 @@ def run(
             with contextlib.ExitStack() as stack:
                 network = stack.enter_context(s3.network(latency_ms, megabytes_per_s))
                 prefetchd = stack.enter_context(daemon(network.endpoint_url, "--cache-size", "0"))
+                # a daemon of its own, so that its open stream does not share the target rate with the other's
+                steady = stack.enter_context(daemon(network.endpoint_url, "--cache-size", "0"))
                 timed: list[readers.Reader] = [
                     *readers.peers(network.endpoint_url, buffers),
                     readers.PrefetchdClient(prefetchd.socket_path, DAEMON_CONCURRENCY),
-                    readers.PrefetchdSteady(prefetchd.socket_path, DAEMON_CONCURRENCY),
+                    readers.PrefetchdSteady(steady.socket_path, steady.http_url, DAEMON_CONCURRENCY),
                 ]
                 ceiling: list[readers.Reader] = [
                     readers.AiobotocoreRanges(unshaped.endpoint_url, 32, buffers),

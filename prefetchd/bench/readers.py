@@ -291,20 +291,23 @@ class PrefetchdClient:
 
 
 class PrefetchdSteady:
-    """prefetchd's `bytes_iter` as a trainer reads it: one stream per object kept open for the whole run, timed
-    on its steady epochs. Each turn drains one epoch untimed (the daemon filled the ring while the other readers
-    ran, which would flatter the figure) and then times the epochs that follow without a break, at least
-    `STEADY_BYTES` of them: the ring's pages are faulted in and the open is paid, once, before the first turn,
-    as the peers' buffers and clients are. Epochs back to back are what a trainer reads, and the daemon starts
-    an epoch's GETs while the last ones of the one before are still coming; a peer called once an epoch does not.
+    """prefetchd's `bytes_iter` as a trainer reads it, timed on a stream's steady epochs. The stream stays open
+    while its object is read and is reopened, untimed, when the other object's turn came between (two open
+    at once would share the daemon's target rate). Each turn drains one epoch untimed, which also faults the
+    ring's pages in and pays the open, as the peers' buffers and clients are before they are timed (and the
+    daemon filled the ring while the other readers ran, which would flatter the figure), then times the
+    epochs that follow without a break, at least `STEADY_BYTES` of them. Epochs back to back are what a
+    trainer reads, and the daemon starts an epoch's GETs while the last ones of the one before are still
+    coming; a peer called once an epoch does not.
     """
 
     STEADY_BYTES = 400_000_000
 
-    def __init__(self, socket_path: Path, connections: int, prefetch: int = 8) -> None:
+    def __init__(self, socket_path: Path, http_url: str, connections: int, prefetch: int = 8) -> None:
         self.name = "prefetchd bytes_iter, one stream's steady epochs"
         self.connections = connections
         self.socket_path = socket_path
+        self.http_url = http_url
         self.prefetch = prefetch
         self._streams: dict[str, Any] = {}
 
@@ -317,6 +320,8 @@ class PrefetchdSteady:
 
         url = f"s3://{bucket}/{key}"
         if url not in self._streams:
+            self.close()  # one stream open at a time: bytes streams open together share the daemon's target rate
+            self._until_no_stream()
             self._streams[url] = bytes_iter(
                 url, batch_bytes=RANGE_BYTES, prefetch=self.prefetch, socket_path=self.socket_path
             )
@@ -329,6 +334,16 @@ class PrefetchdSteady:
         if len(set(got)) != 1:
             raise RuntimeError(f"{self.name}: epochs of {url} brought {got} bytes")
         return got[0], seconds
+
+    def _until_no_stream(self) -> None:
+        """Until the daemon has ended the streams closed (it does when it reads their close), or 5 s."""
+        import urllib.request
+
+        for _ in range(100):
+            with urllib.request.urlopen(f"{self.http_url}/metrics", timeout=10) as answer:
+                if any(line == "prefetchd_streams 0.0" for line in answer.read().decode().splitlines()):
+                    return
+            time.sleep(0.05)
 
     def close(self) -> None:
         for stream in self._streams.values():

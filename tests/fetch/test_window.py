@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prefetchd.fetch.window import first_byte_seconds, plan_window
+from prefetchd.fetch.window import Window, first_byte_seconds, plan_window
 
 MiB = 1 << 20
 
@@ -19,6 +19,11 @@ class Link(TypedDict):
 
 
 LINK = Link(connections=32, connection_bytes_per_s=90e6)
+
+
+def unbounded(ttfb_s: float, **options: Any) -> Window:
+    """The window with no bounds of its own: what the latency, the target and the link call for."""
+    return plan_window(ttfb_s, min_window_bytes=1, max_window_bytes=1 << 40, **options)
 
 
 def test_a_near_endpoint_gets_the_least_window_cut_over_every_connection() -> None:
@@ -54,14 +59,7 @@ def test_the_planned_window_moves_the_target_unless_a_bound_says_otherwise(
     pace = 90e6
     if target >= connections * pace:
         target = connections * pace * 0.9
-    window = plan_window(
-        ttfb_s,
-        target_bytes_per_s=target,
-        connections=connections,
-        connection_bytes_per_s=pace,
-        min_window_bytes=1,
-        max_window_bytes=1 << 40,
-    )
+    window = unbounded(ttfb_s, target_bytes_per_s=target, connections=connections, connection_bytes_per_s=pace)
     moved = window.window_bytes / (ttfb_s + window.piece_bytes / pace)  # Little's law at that piece size
     assert moved == pytest.approx(target, rel=1e-3, abs=pace)
     assert window.piece_bytes * connections >= window.window_bytes
@@ -110,15 +108,7 @@ def test_the_window_holds_the_gets_in_flight_and_what_moves_while_a_range_is_lat
     ttfb_s: float, late_s: float, target: float, max_piece: int
 ) -> None:
     pace, connections = LINK["connection_bytes_per_s"], LINK["connections"]
-    window = plan_window(
-        ttfb_s,
-        late_s=late_s,
-        max_piece_bytes=max_piece,
-        target_bytes_per_s=target,
-        min_window_bytes=1,
-        max_window_bytes=1 << 40,
-        **LINK,
-    )
+    window = unbounded(ttfb_s, late_s=late_s, max_piece_bytes=max_piece, target_bytes_per_s=target, **LINK)
     assert window.piece_bytes <= max_piece
     if target * (ttfb_s + max_piece / pace) >= connections * max_piece:  # no piece size moves the target
         assert window.window_bytes == 1 << 40

@@ -34,18 +34,3 @@ def requests_for(s3_server: EmbeddedS3, key: str, method: str = "GET") -> int:
         count = now
         time.sleep(0.1)
     return count
-
-
-def scrape(http_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """A daemon's `/metrics`, as {(sample name, sorted labels): value}."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"{http_url}/metrics", timeout=10) as answer:
-        text = answer.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }

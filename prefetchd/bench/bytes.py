@@ -90,7 +90,7 @@ def run(
                 timed: list[readers.Reader] = [
                     *readers.peers(network.endpoint_url, buffers),
                     readers.PrefetchdClient(prefetchd.socket_path, DAEMON_CONCURRENCY),
-                    readers.PrefetchdSteady(steady.socket_path, steady.http_url, DAEMON_CONCURRENCY),
+                    readers.PrefetchdSteady(steady, DAEMON_CONCURRENCY),
                 ]
                 ceiling: list[readers.Reader] = [
                     readers.AiobotocoreRanges(unshaped.endpoint_url, 32, buffers),

@@ -24,7 +24,6 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,15 +83,7 @@ def _drain(batches: Iterable[Any]) -> int:
 
 def _counters(process: DaemonProcess) -> tuple[int, int, int]:
     """The daemon's requests, hedges started and hedges won so far (from /metrics)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"{process.http_url}/metrics", timeout=10) as answer:
-        text = answer.read().decode()
-    samples = {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    samples = process.metrics()
     requests = samples.get(("prefetchd_s3_requests_total", ()), 0.0)
     started = samples.get(("prefetchd_hedges_started_total", ()), 0.0)
     won = samples.get(("prefetchd_hedges_total", (("outcome", "won"),)), 0.0)

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..testing.daemon_process import DaemonProcess
 from ..testing.embedded_s3 import CREDENTIALS
 
 RANGE_BYTES = 8 << 20  # MXNet's USE_S3 reader and the hand-written ones ask for 8 MiB at a time
@@ -303,11 +304,10 @@ class PrefetchdSteady:
 
     STEADY_BYTES = 400_000_000
 
-    def __init__(self, socket_path: Path, http_url: str, connections: int, prefetch: int = 8) -> None:
+    def __init__(self, daemon: DaemonProcess, connections: int, prefetch: int = 8) -> None:
         self.name = "prefetchd bytes_iter, one stream's steady epochs"
         self.connections = connections
-        self.socket_path = socket_path
-        self.http_url = http_url
+        self.daemon = daemon
         self.prefetch = prefetch
         self._streams: dict[str, Any] = {}
 
@@ -321,9 +321,9 @@ class PrefetchdSteady:
         url = f"s3://{bucket}/{key}"
         if url not in self._streams:
             self.close()  # one stream open at a time: bytes streams open together share the daemon's target rate
-            self._until_no_stream()
+            self.daemon.until_no_streams()
             self._streams[url] = bytes_iter(
-                url, batch_bytes=RANGE_BYTES, prefetch=self.prefetch, socket_path=self.socket_path
+                url, batch_bytes=RANGE_BYTES, prefetch=self.prefetch, socket_path=self.daemon.socket_path
             )
         stream = self._streams[url]
         sum(len(batch.data) for batch in stream)
@@ -334,16 +334,6 @@ class PrefetchdSteady:
         if len(set(got)) != 1:
             raise RuntimeError(f"{self.name}: epochs of {url} brought {got} bytes")
         return got[0], seconds
-
-    def _until_no_stream(self) -> None:
-        """Until the daemon has ended the streams closed (it does when it reads their close), or 5 s."""
-        import urllib.request
-
-        for _ in range(100):
-            with urllib.request.urlopen(f"{self.http_url}/metrics", timeout=10) as answer:
-                if any(line == "prefetchd_streams 0.0" for line in answer.read().decode().splitlines()):
-                    return
-            time.sleep(0.05)
 
     def close(self) -> None:
         for stream in self._streams.values():

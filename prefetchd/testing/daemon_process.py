@@ -14,6 +14,23 @@ from pathlib import Path
 
 from .processes import stop_child
 
+Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(http_url: str) -> Metrics:
+    """A daemon's `/metrics`, as {(sample name, sorted labels): value}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{http_url}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
 
 class DaemonProcess:
     """`with DaemonProcess(env=...) as daemon:` runs a daemon on a private socket until the block ends."""
@@ -35,6 +52,16 @@ class DaemonProcess:
         self.start_timeout_s = start_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
         self.http_url = ""
+
+    def metrics(self) -> Metrics:
+        return scrape(self.http_url)
+
+    def until_no_streams(self, timeout_s: float = 10.0) -> Metrics:
+        """The metrics once every stream has ended (the daemon ends one when it reads its client's close)."""
+        deadline = time.monotonic() + timeout_s
+        while (metrics := self.metrics())["prefetchd_streams", ()] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return metrics
 
     def __enter__(self) -> DaemonProcess:
         self.start()

@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from prefetchd.testing.daemon_process import DaemonProcess
+from prefetchd.testing.daemon_process import DaemonProcess, scrape
 from prefetchd_client import idx_iter
 from tests.deploy.compose_cli import COMPOSE_FILE, resolved_model
-from tests.helpers import scrape
 
 DOCKER = COMPOSE_FILE.parent
 DASHBOARD = DOCKER / "grafana" / "dashboards" / "prefetchd.json"

@@ -16,7 +16,7 @@ from prefetchd.testing.network_proxy import NetworkProxy
 from prefetchd_client import BatchIterator, InvalidRequest, bytes_iter
 from prefetchd_client.layout import RingGeometry
 from tests.conftest import Objects
-from tests.helpers import requests_for, scrape
+from tests.helpers import requests_for
 
 DATA = np.random.default_rng(5).integers(0, 256, 3_000_017, dtype=np.uint8).tobytes()  # not a multiple of a batch
 
@@ -170,20 +170,14 @@ def test_bytes_streams_open_at_once_share_the_target_rate(objects: Objects, s3_s
         def opened() -> BatchIterator:
             return bytes_iter(url, batch_bytes=block, prefetch=2, socket_path=daemon.socket_path)
 
-        def all_closed() -> None:  # the daemon ends a stream when it reads the client's close
-            for _ in range(100):
-                if scrape(daemon.http_url)[("prefetchd_streams", ())] == 0:
-                    return
-                time.sleep(0.05)
-
         with opened():  # a daemon's first GET also makes its client and connection: its first byte looks later
             pass
-        all_closed()
+        daemon.until_no_streams()
         with opened() as first, opened() as second:
             alone, shared = first.opened.segment_bytes, second.opened.segment_bytes
             assert shared < 0.7 * alone  # half the rate, half the window (the first byte is measured, not exact)
             assert next(second).data.tobytes() == DATA[:block]
-        all_closed()
+        daemon.until_no_streams()
         with opened() as third:  # the others closed: it has the rate to itself again
             assert third.opened.segment_bytes > 0.7 * alone
             assert next(third).data.tobytes() == DATA[:block]

@@ -4,19 +4,17 @@ trainer's stall when the endpoint throttles."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from prefetchd.testing.daemon_process import DaemonProcess
+from prefetchd.testing.daemon_process import DaemonProcess, scrape
 from prefetchd.testing.embedded_s3 import EmbeddedS3
 from prefetchd.testing.fault_plan import FaultRates
 from prefetchd.testing.fault_proxy import FaultProxy
 from prefetchd_client import bytes_iter, idx_iter
 from tests.conftest import Objects
-from tests.helpers import scrape
 
 BLOCK = 1 << 18
 DATA = np.random.default_rng(11).integers(0, 256, 16 * BLOCK, dtype=np.uint8).tobytes()
@@ -41,7 +39,7 @@ def test_streams_and_counters_show_a_run_as_it_happens(
         streams = _json(f"{fresh_daemon.http_url}/streams")
         health = _json(f"{fresh_daemon.http_url}/healthz")
         rest = sum(1 for _ in batches)
-    after = _once_closed(fresh_daemon)
+    after = fresh_daemon.until_no_streams()
 
     assert health["status"] == "ok" and health["streams"] == 1
     (stream,) = streams["streams"]  # type: ignore[misc]
@@ -64,20 +62,12 @@ def test_streams_and_counters_show_a_run_as_it_happens(
     assert 0 < decoded <= after["prefetchd_fill_seconds_total", ()] - before["prefetchd_fill_seconds_total", ()]
 
 
-def _once_closed(daemon: DaemonProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """The metrics once the daemon has closed the stream the client closed (it tears down as the EOF arrives)."""
-    deadline = time.monotonic() + 10
-    while (metrics := scrape(daemon.http_url))["prefetchd_streams", ()] and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return metrics
-
-
 def _wait_for_all_batches(daemon: DaemonProcess, url: str) -> float:
     """Drain the object at once, batch after batch; the daemon's stall counter grows by how long that waited."""
     before = scrape(daemon.http_url)["prefetchd_trainer_wait_seconds_total", ()]
     with bytes_iter(url, batch_bytes=BLOCK, prefetch=1, socket_path=daemon.socket_path) as batches:
         assert b"".join(batch.data.tobytes() for batch in batches) == DATA
-    return _once_closed(daemon)["prefetchd_trainer_wait_seconds_total", ()] - before
+    return daemon.until_no_streams()["prefetchd_trainer_wait_seconds_total", ()] - before
 
 
 def test_the_stall_metric_rises_when_the_endpoint_throttles(

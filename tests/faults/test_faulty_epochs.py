@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from prefetchd.testing.daemon_process import DaemonProcess
+from prefetchd.testing.daemon_process import DaemonProcess, scrape
 from prefetchd.testing.fault_plan import Fault, FaultCounts
 from prefetchd.testing.fault_proxy import FaultProxy
 from prefetchd_client import bytes_iter, idx_iter, recordio_iter
 from tests.conftest import Objects
 from tests.faults.conftest import FAULTS, SEED
-from tests.helpers import reference_arrays, scrape
+from tests.helpers import reference_arrays
 
 Epoch = dict[str, np.ndarray]
 

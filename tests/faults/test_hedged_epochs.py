@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prefetchd.testing.daemon_process import DaemonProcess
+from prefetchd.testing.daemon_process import DaemonProcess, scrape
 from prefetchd.testing.embedded_s3 import EmbeddedS3
 from prefetchd.testing.fault_plan import FaultRates
 from prefetchd.testing.fault_proxy import FaultProxy
 from prefetchd_client import bytes_iter, idx_iter
 from tests.conftest import Objects
 from tests.faults.test_faulty_epochs import _epochs, assert_same_epochs
-from tests.helpers import reference_arrays, scrape
+from tests.helpers import reference_arrays
 
 PAUSES = FaultRates(pause=0.01, pause_ms=2000)
 SEED = int(os.environ.get("PREFETCHD_FAULT_SEED", "3"))

@@ -12,11 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from prefetchd.cli import main
-from prefetchd.testing.daemon_process import DaemonProcess
+from prefetchd.testing.daemon_process import DaemonProcess, scrape
 from prefetchd.testing.embedded_s3 import EmbeddedS3
 from prefetchd.tools.status import render_status, short_sources, shorten, status_url
 from prefetchd_client import idx_iter
-from tests.helpers import scrape
 from tests.tools.cli import run_prefetchd
 
 MB = 1_000_000

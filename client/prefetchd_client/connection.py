@@ -2,6 +2,11 @@
 
 Every wait has a deadline, and a peer that goes away is an exception at once (EOF), never a hang. File
 descriptors the daemon passes (the ring's memfd) are collected as they arrive and taken with `take_fd()`.
+
+Frames the daemon needs soon but not now (`send_later`: a batch's Release) wait here and go in one write
+with the next frame sent, with `flush()`, or before this side blocks on the daemon. Each write wakes the
+daemon, and on 2 cores a woken daemon takes the core from the trainer: measured on the conv net, one
+Release per batch cost `next()` ~0.3 ms; one write per 8 batches took the epoch from 1.16x to 1.0x local.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class Connection:
         self.welcome = welcome
         self._reader = FrameReader()
         self._fds: deque[int] = deque()
+        self._queued: list[bytes] = []  # frames from send_later(), in order
         self._closed = False
         self._peer_gone = False  # EOF or reset seen: a DaemonUnavailable from here on is not the daemon's word
 
@@ -85,10 +91,30 @@ class Connection:
         return reply
 
     def send(self, message: Message) -> None:
+        """Send `message` now, after any frames queued by `send_later` (the daemon sees them in order)."""
         if self._closed:
             raise DaemonUnavailable(f"connection to {self.path} is closed")
+        self._queued.append(encode(message))
+        self.flush()
+
+    def send_later(self, message: Message) -> None:
+        """Queue `message`: it goes with the next `send`, `flush`, or before `receive` has to wait."""
+        self._queued.append(encode(message))
+
+    @property
+    def queued(self) -> int:
+        """Frames waiting for `flush`."""
+        return len(self._queued)
+
+    def flush(self) -> None:
+        if not self._queued:
+            return
+        if self._closed:
+            raise DaemonUnavailable(f"connection to {self.path} is closed")
+        frames = self._queued[0] if len(self._queued) == 1 else b"".join(self._queued)
+        self._queued.clear()
         try:
-            self._sock.sendall(encode(message))
+            self._sock.sendall(frames)
         except (BrokenPipeError, ConnectionResetError) as exc:
             self._raise_last_words()
             raise DaemonUnavailable(f"the prefetchd daemon at {self.path} went away ({exc.strerror})") from exc
@@ -129,22 +155,38 @@ class Connection:
             self._fill(deadline, waiting_for)
 
     def _fill(self, deadline: float | None, waiting_for: str) -> None:
+        if self._queued:  # what the daemon may be waiting for goes out before we wait for it
+            timeout_s = self._sock.gettimeout()  # what sendall runs under
+            try:
+                if self._read(0.0):
+                    return
+            finally:
+                self._sock.settimeout(timeout_s)
+            self.flush()
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             raise BatchTimeout(f"no answer from the prefetchd daemon at {self.path} while waiting for {waiting_for}")
-        self._sock.settimeout(remaining)
         try:
-            data, fds, _flags, _addr = socket.recv_fds(self._sock, _RECV_BYTES, _MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+            self._read(remaining)
         except TimeoutError:
             raise BatchTimeout(
                 f"no answer from the prefetchd daemon at {self.path} within {remaining:.1f} s "
                 f"while waiting for {waiting_for}"
             ) from None
+
+    def _read(self, timeout_s: float | None) -> bool:
+        """Feed the reader what one recv gets within `timeout_s`; False if nothing had come (timeout 0 only)."""
+        self._sock.settimeout(timeout_s)
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self._sock, _RECV_BYTES, _MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+        except BlockingIOError:
+            return False
         except ConnectionResetError as exc:
             self._peer_gone = True
             raise DaemonUnavailable(f"the prefetchd daemon at {self.path} reset the connection") from exc
         self._fds.extend(fds)
         self._reader.feed(data)
+        return True
 
     def take_fd(self) -> int:
         if not self._fds:

@@ -30,6 +30,7 @@ from .resume import check_state, differences, make_state, stream_identity
 from .ring import RingReader
 
 DEFAULT_TIMEOUT_S = 120.0
+_RELEASES_PER_WRITE = 8
 log = logging.getLogger("prefetchd_client")
 
 
@@ -190,6 +191,7 @@ class BatchIterator:
                     )
                 self._epoch_done = True
                 self._stats["epochs"] += 1
+                self._conn.flush()  # the trainer may do other work now (validation): the daemon gets its slots back
                 raise StopIteration
             if isinstance(message, Error):  # not fatal: a record the daemon skipped (skip mode)
                 skipped = error_from_wire(
@@ -206,7 +208,11 @@ class BatchIterator:
         assert self._ring is not None
         slot, self._held = self._held, None
         self._ring.release(slot)
-        self._conn.send(Release(slot, self._held_fill))
+        self._conn.send_later(Release(slot, self._held_fill))
+        # Releases go to the daemon a few per write (and all before next() waits): a write per batch woke the
+        # daemon per batch, which on 2 cores took the trainer's core. Held back, they keep <= 1/4 of the ring.
+        if self._conn.queued >= max(1, min(_RELEASES_PER_WRITE, self._ring.geometry.slot_count // 4)):
+            self._conn.flush()
 
     def reset(self) -> None:
         """Start the next epoch. A no-op before the first batch of an epoch, as in MXNet."""

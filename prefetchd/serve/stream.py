@@ -4,9 +4,9 @@ Two tasks in one TaskGroup: the producer fills and publishes slots epoch after e
 which only the client's Releases free), and the receiver applies the client's frames. A Seek replaces the
 producer; a Close, an EOF or the death of the client's process ends the stream and frees its ring.
 
-The trainer's stall is measured here, from the daemon's side: the client sends a Release from inside
-`next()`, so a Release that leaves it no batch queued means it is blocked until the next batch is sent (so
-is a fresh stream, and a Seek). That is `trainer_wait_s`, what `prefetchd_trainer_wait_seconds_total` shows.
+The trainer's stall is measured here, from the daemon's side: the client sends its Releases a few per
+write, and always before `next()` waits, so a Release that leaves it no batch queued means it is blocked
+until the next batch is sent (so is a fresh stream, and a Seek). That is `trainer_wait_s`, what `prefetchd_trainer_wait_seconds_total` shows.
 """
 
 from __future__ import annotations

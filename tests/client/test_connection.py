@@ -13,7 +13,7 @@ import pytest
 from prefetchd_client import layout
 from prefetchd_client.connection import Connection
 from prefetchd_client.errors import BatchTimeout, DaemonUnavailable, RemoteProtocolError
-from prefetchd_client.protocol import PROTOCOL_VERSION, Close, Welcome, encode
+from prefetchd_client.protocol import PROTOCOL_VERSION, Close, FrameReader, Message, Release, Sentinel, Welcome, encode
 
 Script = Callable[[socket.socket], None]
 
@@ -105,3 +105,69 @@ def test_a_silent_peer_is_a_timeout_not_a_hang(peer: Callable[[Script], Path]) -
 def test_nobody_listening_is_daemon_unavailable(tmp_path: Path) -> None:
     with pytest.raises(DaemonUnavailable, match="no prefetchd daemon is listening at"):
         Connection.connect(tmp_path / "nobody.sock", timeout_s=1)
+
+
+def _frames_until(conn: socket.socket, stop: Callable[[list[Message]], bool]) -> list[Message]:
+    """What the client sent after its Hello, read until `stop` says enough."""
+    reader = FrameReader()
+    frames: list[Message] = []
+    while not stop(frames):
+        data = conn.recv(4096)
+        assert data, "the client hung up"
+        reader.feed(data)
+        while not isinstance(message := reader.next_message(), Sentinel):
+            frames.append(message)
+    return frames
+
+
+def _connected(peer: Callable[[Script], Path], after_handshake: Script) -> Connection:
+    def script(conn: socket.socket) -> None:
+        conn.recv(4096)  # the Hello
+        conn.sendall(_welcome())
+        after_handshake(conn)
+
+    return Connection.connect(peer(script), timeout_s=5)
+
+
+def test_frames_sent_later_go_before_the_client_waits_in_order(peer: Callable[[Script], Path]) -> None:
+    seen: list[Message] = []
+
+    def daemon(conn: socket.socket) -> None:
+        seen.extend(_frames_until(conn, lambda frames: len(frames) >= 2))
+        conn.sendall(encode(Welcome(PROTOCOL_VERSION, layout.FORMAT_VERSION, "answer", 2)))  # only once it has both
+        seen.extend(_frames_until(conn, lambda frames: bool(frames)))
+        finished.set()
+
+    finished = threading.Event()
+    conn = _connected(peer, daemon)
+    conn.send_later(Release(3, 7))
+    conn.send_later(Release(4, 8))
+    assert conn.queued == 2
+    answer = conn.receive(timeout_s=5)  # a client that kept its Releases would wait here for good
+    assert isinstance(answer, Welcome) and answer.daemon == "answer"
+    conn.send(Close())
+    conn.close()
+    assert finished.wait(5)
+    assert seen == [Release(3, 7), Release(4, 8), Close()]
+
+
+def test_frames_sent_later_wait_while_what_the_client_reads_has_come(peer: Callable[[Script], Path]) -> None:
+    answered = threading.Event()
+    seen: list[Message] = []
+
+    def daemon(conn: socket.socket) -> None:
+        conn.sendall(encode(Welcome(PROTOCOL_VERSION, layout.FORMAT_VERSION, "early", 2)))
+        answered.set()
+        seen.extend(_frames_until(conn, lambda frames: bool(frames) and isinstance(frames[-1], Close)))
+        finished.set()
+
+    finished = threading.Event()
+    conn = _connected(peer, daemon)
+    assert answered.wait(5)
+    conn.send_later(Release(1, 1))
+    assert isinstance(conn.receive(timeout_s=5), Welcome)
+    assert conn.queued == 1  # what the client read had come: no write, no wake-up of the daemon
+    conn.send(Close())  # the queued Release goes first, in the same write
+    conn.close()
+    assert finished.wait(5)
+    assert seen == [Release(1, 1), Close()]

@@ -9,6 +9,7 @@ import pytest
 
 from prefetchd.testing.daemon_process import DaemonProcess
 from prefetchd_client import BatchIterator, idx_iter
+from tests.daemon_probe import within
 from tests.helpers import reference_arrays
 
 
@@ -131,3 +132,21 @@ def test_statistics_count_batches_epochs_and_wait(daemon: DaemonProcess, fashion
         stats = it.statistics()
     assert (stats.batches, stats.epochs_finished) == (20, 2)
     assert stats.wait_s > 0
+
+
+def test_at_an_epoch_s_end_the_daemon_has_every_slot_back(
+    fresh_daemon: DaemonProcess, fashion_urls: dict[str, str]
+) -> None:
+    """Releases go a few per write, not one per batch; at an epoch's end all have gone, so while the trainer
+    does something else (validation) the daemon fills the whole ring with the next epoch."""
+
+    def sent_and_slots() -> tuple[float, float]:
+        metrics = fresh_daemon.metrics()
+        sent = sum(value for (name, _), value in metrics.items() if name == "prefetchd_stream_batches_total")
+        slots = sum(value for (name, _), value in metrics.items() if name == "prefetchd_stream_ring_slots")
+        return sent, slots
+
+    with _open(fresh_daemon, fashion_urls, batch_size=100) as it:  # 100 batches an epoch, more than the ring
+        for _ in it:
+            pass
+        assert within(10, lambda: sent_and_slots()[0] == it.batches_per_epoch + sent_and_slots()[1])

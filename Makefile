@@ -51,7 +51,7 @@ pytest: $(STAMP)
 # Everything that does not need MXNet, again on numpy 2 (tests that need MXNet carry the mxnet mark;
 # these modules import it at the top, so they are not even collected there).
 MXNET_MODULES := tests/e2e/test_mnist_iter.py tests/e2e/test_training.py tests/deploy/test_compose_services.py \
-	tests/e2e/test_resume_mxnet.py
+	tests/e2e/test_resume_mxnet.py tests/client/test_mxnet_host_buffers.py
 # The HTTP and fetch layers, the daemon's settings and the test servers touch no numpy: once, in the first
 # environment, is enough.
 NO_NUMPY_MODULES := tests/testing tests/fetch/test_http11.py tests/fetch/test_range_get.py tests/fetch/test_lean_s3.py \

@@ -177,3 +177,16 @@ def test_a_batch_stays_valid_for_as_many_next_calls_as_with_mxnet(
         for _ in range(3):
             next(iterator)
         assert (first.data[0].asnumpy() == kept[0]).all() and (first.label[0].asnumpy() == kept[1]).all()
+
+
+def test_a_batch_the_trainer_keeps_is_never_overwritten(
+    daemon: DaemonProcess, fashion_dir: Path, fashion_urls: dict[str, str]
+) -> None:
+    """MXNet's own iterator overwrites a batch after `prefetch_buffer` more; ours never writes memory MXNet holds."""
+    local, remote = _pair("t10k", fashion_dir, fashion_urls)
+    args = {"batch_size": 100, "shuffle": False, "silent": True}
+    expected = [(batch.data[0].asnumpy(), batch.label[0].asnumpy()) for batch in mx.io.MNISTIter(**local, **args)]
+    kept = list(MNISTIter(**remote, **args, socket_path=str(daemon.socket_path)))
+    assert len(kept) == len(expected)
+    for number, (batch, (data, label)) in enumerate(zip(kept, expected, strict=True)):
+        assert np.array_equal(batch.data[0].asnumpy(), data) and np.array_equal(batch.label[0].asnumpy(), label), number

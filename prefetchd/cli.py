@@ -306,7 +306,7 @@ def bench(
     if only in (None, "training"):
         from .bench.training import run as run_training
 
-        run_training(rounds=min(rounds, 3), say=say)
+        run_training(rounds=rounds, say=say)
 
 
 # `inspect` and `sync` reach S3 themselves, with the daemon's settings (flags > env > --config file > defaults)

@@ -6,7 +6,8 @@ producer; a Close, an EOF or the death of the client's process ends the stream a
 
 The trainer's stall is measured here, from the daemon's side: the client sends its Releases a few per
 write, and always before `next()` waits, so a Release that leaves it no batch queued means it is blocked
-until the next batch is sent (so is a fresh stream, and a Seek). That is `trainer_wait_s`, what `prefetchd_trainer_wait_seconds_total` shows.
+until the next batch is sent (so is a fresh stream, and a Seek). That is `trainer_wait_s`, what
+`prefetchd_trainer_wait_seconds_total` shows.
 """
 
 from __future__ import annotations

@@ -45,8 +45,9 @@ class HostBuffers:
 
     Why not `NDArray._sync_copyfrom` (what `mx.nd.array` does): it first waits until MXNet's engine could
     write the array, and that wait sits in the engine's queue behind the backward pass just pushed. On the
-    conv net `next()` took 1.2 ms median against MXNet's own iterator's 0.3 ms, most of the epoch's 1.19x
-    local. An NDArray made from a numpy array (`mx.nd.from_numpy`) waits for nothing.
+    conv net `next()` took 1.1 ms median against MXNet's own iterator's 0.29 ms; this alone took the epoch
+    from 1.15x to 1.08x local (docs/benchmarks.md). An NDArray made from a numpy array (`mx.nd.from_numpy`)
+    waits for nothing.
 
     A buffer is written again only once MXNet has let go of it: its DLPack deleter drops the reference it
     took when the last NDArray and engine operation using it are gone. So a batch a trainer keeps is never

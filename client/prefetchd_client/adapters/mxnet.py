@@ -83,8 +83,18 @@ class HostBuffers:
         return buffer
 
 
-# sys.getrefcount(buffers[i]) of a buffer nobody else holds: the list's reference and the call's argument
-_ONLY_OURS = 2
+def _refcount_held_by_a_list_alone() -> int:
+    """`sys.getrefcount(buffers[i])` of a buffer only its list holds, measured the way `_idle` reads it.
+
+    Measured, not written down as 2: what the call itself adds is the interpreter's business (newer CPythons
+    borrow such references), and a count one too low would hand out a buffer MXNet still reads.
+    """
+    buffers = [np.empty(0)]
+    i = 0
+    return sys.getrefcount(buffers[i])
+
+
+_ONLY_OURS = _refcount_held_by_a_list_alone()
 
 
 class StreamDataIter(mx.io.DataIter):  # type: ignore[misc]

@@ -1,7 +1,8 @@
 """The trainer's view: the seed's conv net, one epoch from s3:// over an emulated network vs local files.
 
 Each round trains one epoch with `Module.fit` from fresh iterators, alternating local `mx.io.MNISTIter` and
-prefetchd over S3 behind 30 ms first-byte latency and 90 MB/s per connection (and 100 ms), through one warm
+prefetchd over S3 (nginx behind the shaping relay, as for the bytes) with 30 ms first-byte latency and
+90 MB/s per connection (and 100 ms), through one warm
 daemon per latency with its epoch cache off, so that every epoch really crosses the network. Also: time to first batch,
 from opening a stream to holding its first batch, against 3 × the first-byte latency + one batch's decode.
 
@@ -21,10 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..testing.daemon_process import DaemonProcess
 from ..testing.datasets import FILES, fashion_mnist
-from ..testing.embedded_s3 import EmbeddedS3
-from ..testing.network_proxy import NetworkProxy
+from .network import bench_s3, daemon
 
 LATENCIES_MS = (30.0, 100.0)
 
@@ -132,9 +131,8 @@ def run(rounds: int = 3, say: Callable[[str], None] = print) -> list[TrainingRes
     local = "mx.io.MNISTIter, local files"
     results: dict[str, TrainingResult] = {local: TrainingResult(local, [])}
     first_batch: dict[float, list[float]] = {latency: [] for latency in LATENCIES_MS}
-    with EmbeddedS3() as s3:
-        urls = s3.upload_files("bucket-name", "training-data", [directory / name for name in FILES])
-        root = urls[0].rsplit("/", 1)[0] + "/"
+    with bench_s3([directory / name for name in FILES]) as s3:
+        root = s3.urls[directory / "train-images-idx3-ubyte"].rsplit("/", 1)[0] + "/"
         train = (root + "train-images-idx3-ubyte", root + "train-labels-idx1-ubyte")
         for latency in LATENCIES_MS:
             name = _name(latency)
@@ -142,19 +140,18 @@ def run(rounds: int = 3, say: Callable[[str], None] = print) -> list[TrainingRes
         with contextlib.ExitStack() as stack:
             daemons = {}
             for latency in LATENCIES_MS:
-                network = stack.enter_context(NetworkProxy(s3.endpoint_url, latency_ms=latency, megabytes_per_s=90))
-                env = {**s3.environment(), "AWS_ENDPOINT_URL_S3": network.endpoint_url}
+                network = stack.enter_context(s3.network(latency, 90))
                 # the cache off: every epoch crosses the emulated network; a warm daemon, as a long-lived one is
-                daemons[latency] = stack.enter_context(DaemonProcess(env=env, args=("--cache-size", "0")))
-                _first_batch_s(*train, daemons[latency].socket_path)  # also makes the proxy copy the objects
+                daemons[latency] = stack.enter_context(daemon(network.endpoint_url, "--cache-size", "0"))
+                _first_batch_s(*train, daemons[latency].socket_path)  # also brings the files into the page cache
             for round_number in range(1, rounds + 1):
                 _record(results[local], _train_epoch(f"{directory}/", None))
-                for latency, daemon in daemons.items():
-                    first_batch[latency].append(_first_batch_s(*train, daemon.socket_path))
-                    daemon.until_no_streams()  # that stream's fills end before the epoch's are counted
-                    cpu_before = _cpu_s(daemon.pid)
-                    epoch = _train_epoch(root, daemon.socket_path)
-                    _record(results[_name(latency)], epoch, _cpu_s(daemon.pid) - cpu_before)
+                for latency, serve in daemons.items():
+                    first_batch[latency].append(_first_batch_s(*train, serve.socket_path))
+                    serve.until_no_streams()  # that stream's fills end before the epoch's are counted
+                    cpu_before = _cpu_s(serve.pid)
+                    epoch = _train_epoch(root, serve.socket_path)
+                    _record(results[_name(latency)], epoch, _cpu_s(serve.pid) - cpu_before)
                 say(f"round {round_number}/{rounds} done")
     out = list(results.values())
     reference = out[0].median_s

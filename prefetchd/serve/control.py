@@ -295,5 +295,5 @@ async def open_reader(
     if request.format == "recordio":
         return await RecordIOReader.open(request, router=router, config=config, executor=executor, pool=pool)
     if request.format == "bytes":
-        return await RawReader.open(request, router=router, config=config)
+        return await RawReader.open(request, router=router, config=config, executor=executor)
     raise InvalidRequest(f"unknown format {request.format!r} (this daemon serves: idx, recordio, bytes)")

@@ -105,7 +105,10 @@ def test_the_next_epoch_s_gets_go_while_this_one_s_last_are_still_coming(
     url = objects.put("four-blocks", data)
     with (
         NetworkProxy(s3_server.endpoint_url, latency_ms=600, relay=True) as far,  # holds each request back
-        DaemonProcess(env={**s3_server.environment(), "AWS_ENDPOINT_URL_S3": far.endpoint_url}) as daemon,
+        # the cache off: with it, epoch 1's block 1 waits for epoch 0's read of it instead of making a GET
+        DaemonProcess(
+            env={**s3_server.environment(), "AWS_ENDPOINT_URL_S3": far.endpoint_url}, args=("--cache-size", "0")
+        ) as daemon,
         bytes_iter(url, batch_bytes=block, prefetch=8, socket_path=daemon.socket_path) as batches,
     ):
         assert batches.opened.segment_bytes // block == 6  # an epoch and two: the daemon's most for 4 batches

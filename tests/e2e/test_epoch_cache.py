@@ -1,12 +1,14 @@
-"""The epoch cache end to end: epoch 2 onward reads nothing from S3, counted by the S3 server itself."""
+"""The epoch cache end to end: epoch 2 onward reads nothing from S3, counted by the S3 server itself (IDX and bytes)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from prefetchd.testing.daemon_process import DaemonProcess
 from prefetchd.testing.embedded_s3 import EmbeddedS3
-from prefetchd_client import idx_iter
+from prefetchd_client import bytes_iter, idx_iter
 from tests.conftest import Objects
 from tests.helpers import requests_for
 
@@ -64,3 +66,59 @@ def test_an_overwritten_object_is_not_served_from_the_cache(
     with idx_iter(image, label, batch_size=10_000, socket_path=daemon.socket_path) as batches:
         data_now = next(iter(batches)).data
     assert (data_now.reshape(-1) * 256).astype("uint8").tobytes() == inverted
+
+
+BLOB = np.random.default_rng(11).integers(0, 256, 3_000_017, dtype=np.uint8).tobytes()  # not a multiple of a batch
+
+
+def _bytes_epochs(url: str, daemon: DaemonProcess, epochs: int, s3_server: EmbeddedS3) -> tuple[list[bytes], list[int]]:
+    """Each epoch's bytes, and the GETs of the object counted by the S3 server after each epoch."""
+    key = url.split("/", 3)[3]
+    got, gets = [], []
+    with bytes_iter(url, batch_bytes=1 << 18, prefetch=2, socket_path=daemon.socket_path) as batches:
+        for _ in range(epochs):
+            got.append(b"".join(batch.data.tobytes() for batch in batches))
+            gets.append(_gets(s3_server, key))
+    return got, gets
+
+
+def test_a_bytes_stream_s_later_epochs_and_other_streams_read_nothing_from_s3(
+    s3_server: EmbeddedS3, objects: Objects
+) -> None:
+    url = objects.put("blob", BLOB)
+    with DaemonProcess(env=s3_server.environment(), args=("--concurrency", "4")) as cached:
+        got, gets = _bytes_epochs(url, cached, 3, s3_server)
+        assert got == [BLOB] * 3
+        assert gets[0] >= 11, "epoch 1 read the object's 12 batches from S3 (the first with the open)"
+        assert gets[0] == gets[1] == gets[2], "epochs 2 and 3 made no GET"
+        other, other_gets = _bytes_epochs(url, cached, 1, s3_server)
+    assert other == [BLOB]
+    assert other_gets[0] == gets[0] + 1, "another stream with the same batch size only makes its open's GET"
+
+
+def test_a_bytes_stream_larger_than_the_cache_reads_straight_into_its_ring(
+    s3_server: EmbeddedS3, objects: Objects
+) -> None:
+    """A part that cannot fit would push everything else out and never be found: the cache is not used."""
+    url = objects.put("blob", BLOB)
+    small = ("--concurrency", "4", "--cache-size", "2MiB")
+    with DaemonProcess(env=s3_server.environment(), args=small) as daemon:
+        got, gets = _bytes_epochs(url, daemon, 2, s3_server)
+        statistics = daemon.metrics()
+    assert got == [BLOB] * 2
+    assert gets[1] - gets[0] >= 11, "every epoch reads the object from S3 again"
+    ram = (("tier", "ram"),)
+    assert statistics["prefetchd_cache_misses_total", ram] == statistics["prefetchd_cache_hits_total", ram] == 0, (
+        "nothing went through the cache"
+    )
+
+
+def test_a_bytes_stream_of_an_overwritten_object_is_not_served_from_the_cache(
+    s3_server: EmbeddedS3, objects: Objects, daemon: DaemonProcess
+) -> None:
+    url = objects.put("blob", BLOB)
+    before, _ = _bytes_epochs(url, daemon, 2, s3_server)
+    changed = bytes(255 - b for b in BLOB[:1000]) + BLOB[1000:]  # the same size, the first bytes differ
+    url = objects.put("blob", changed)
+    after, _ = _bytes_epochs(url, daemon, 2, s3_server)
+    assert before == [BLOB] * 2 and after == [changed] * 2

@@ -221,7 +221,7 @@ def demo() -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=100)
 @click.option(
     "--only",
-    type=click.Choice(["mnist", "images", "training", "bytes", "fetch-path", "clients", "memory", "hedging"]),
+    type=click.Choice(["mnist", "images", "training", "bytes", "fetch-path", "clients", "memory", "cache", "hedging"]),
     help="Run one benchmark [default: all]",
 )
 @click.option("--megabytes", type=click.IntRange(min=1), default=1000, help="Size of the JPEG RecordIO dataset")
@@ -292,6 +292,10 @@ def bench(
         from .bench.memory import run as run_memory
 
         run_memory(megabytes=megabytes, latency_ms=latency_ms[0], megabytes_per_s=mbps, say=say)
+    if only in (None, "cache"):
+        from .bench.cache import run as run_cache
+
+        run_cache(rounds=min(rounds, 3), megabytes=megabytes, latency_ms=latency_ms[0], megabytes_per_s=mbps, say=say)
     if only in (None, "hedging"):
         from .bench.hedging import run as run_hedging
 

@@ -175,8 +175,9 @@ class RawReader:
             read_here = False
 
             async def read_and_keep(info: ObjectInfo, start: int, kept: memoryview) -> None:
-                # into the slot, whose pages are faulted in already, then copied for the cache: receiving
-                # into the cache's fresh buffer cost 3.6 CPU-s per GB against 0.9 (page faults under recv)
+                # into the slot, whose pages are faulted in already, then copied for the cache on a thread,
+                # so that the first touches of the cache's fresh memory are not on the loop (received there,
+                # epoch 1 of the 1 GB .rec ran at 282-352 MB/s against 475: docs/benchmarks.md)
                 nonlocal read_here
                 await self._read_block(info, start, target.data)
                 read_here = True

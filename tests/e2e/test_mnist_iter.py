@@ -190,3 +190,17 @@ def test_a_batch_the_trainer_keeps_is_never_overwritten(
     assert len(kept) == len(expected)
     for number, (batch, (data, label)) in enumerate(zip(kept, expected, strict=True)):
         assert np.array_equal(batch.data[0].asnumpy(), data) and np.array_equal(batch.label[0].asnumpy(), label), number
+
+
+def test_a_with_block_hands_the_stream_back_while_the_iterator_lives_on(
+    fresh_daemon: DaemonProcess, fashion_dir: Path, fashion_urls: dict[str, str]
+) -> None:
+    """`Module.fit` never closes its iterator; a `with` block does, without waiting for the collector."""
+    _, remote = _pair("t10k", fashion_dir, fashion_urls)
+    with MNISTIter(
+        **remote, batch_size=100, shuffle=False, silent=True, socket_path=str(fresh_daemon.socket_path)
+    ) as it:
+        assert it.next().data[0].shape == (100, 1, 28, 28)
+        assert fresh_daemon.metrics()["prefetchd_streams", ()] == 1
+    assert fresh_daemon.until_no_streams()["prefetchd_streams", ()] == 0
+    assert it.provide_data[0].shape == (100, 1, 28, 28)  # still referenced: the block closed it, not the collector

@@ -173,8 +173,15 @@ class StreamDataIter(mx.io.DataIter):  # type: ignore[misc]
         return self._batch().index.copy()
 
     def close(self) -> None:
+        """Hand the stream back to the daemon now; otherwise it goes when the iterator is collected."""
         self._current = None
         self._stream.close()
+
+    def __enter__(self) -> StreamDataIter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __del__(self) -> None:
         stream = getattr(self, "_stream", None)

@@ -10,6 +10,11 @@ waits for the first's read, and reads it itself only if the first was cancelled 
 
 With a disk tier (`--cache-dir`), what RAM evicts or cannot hold spills to disk, a RAM miss looks there before
 S3, and a graceful shutdown spills what RAM still holds, so that a restarted daemon starts warm.
+
+A stream whose part of an object is larger than the whole cache asks for no eviction (`evict=False`): its
+ranges are kept only while there is room. Each epoch reads such a part front to back, and in an LRU every
+range would be evicted before its next use, so none would ever hit, and the part would push out everything
+else. Kept without eviction, its first ranges stay and hit every epoch.
 """
 
 from __future__ import annotations
@@ -52,8 +57,18 @@ class ChunkCache:
         self._reading: dict[Key, asyncio.Future[NDArray[np.uint8]]] = {}  # ranges being read now, by whom waits
         self._readers: dict[Key, Flow | None] = {}  # the stream reading each of them
 
-    async def fetch(self, info: ObjectInfo, start: int, size: int, read_range: ReadRange) -> NDArray[np.uint8]:
-        """The bytes [start, start + size) of `info`: from RAM, from disk, from a read under way, or read (and kept)."""
+    @property
+    def capacity_bytes(self) -> int:
+        """What RAM and the disk tier hold together: a stream's part larger than this can only be kept in part."""
+        return self.budget_bytes + (self.disk.budget_bytes if self.disk is not None else 0)
+
+    async def fetch(
+        self, info: ObjectInfo, start: int, size: int, read_range: ReadRange, *, evict: bool = True
+    ) -> NDArray[np.uint8]:
+        """The bytes [start, start + size) of `info`: from RAM, from disk, from a read under way, or read (and kept).
+
+        With `evict=False` a range read here is kept only where there is room: it pushes nothing out.
+        """
         self._forget_other_versions(info)
         key = (info.url, info.version, start, size)
         while (cached := self._lookup(key)) is None and (reading := self._reading.get(key)) is not None:
@@ -80,7 +95,7 @@ class ChunkCache:
         finally:
             del self._reading[key], self._readers[key]
         reading.set_result(buffer)
-        await self._keep(key, buffer)
+        await (self._keep(key, buffer) if evict else self._keep_if_room(key, buffer))
         return buffer
 
     @staticmethod
@@ -128,6 +143,17 @@ class ChunkCache:
         if self.disk is not None:
             for (url, version, start, _), spilled in evicted:
                 await self.disk.spill(url, version, start, spilled)
+
+    async def _keep_if_room(self, key: Key, buffer: NDArray[np.uint8]) -> None:
+        """Keep `buffer` in RAM if it fits beside what is there, else on disk if that has room; evict nothing."""
+        if key in self._entries:
+            return
+        if self._held + buffer.nbytes <= self.budget_bytes:
+            self._entries[key] = buffer
+            self._held += buffer.nbytes
+        elif self.disk is not None and self.disk.has_room(buffer.nbytes):
+            url, version, start, _ = key
+            await self.disk.spill(url, version, start, buffer)
 
     async def aclose(self) -> None:
         """Spill what RAM holds to the disk tier (least recently used first), so that a restart finds it there."""

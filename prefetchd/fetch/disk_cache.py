@@ -181,6 +181,10 @@ class DiskCache:
         self._misses += 1
         return False
 
+    def has_room(self, size: int) -> bool:
+        """Whether a range of `size` bytes would fit without evicting anything."""
+        return self._held + self._spilling_bytes + size <= self.budget_bytes
+
     async def spill(self, url: str, version: str, start: int, buffer: NDArray[np.uint8]) -> None:
         """Write `buffer` (read-only from now on) as the range's file, unless it is there already or can never fit.
 

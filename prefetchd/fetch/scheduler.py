@@ -53,9 +53,12 @@ class RangeScheduler:
         concurrency: int,
         budget_bytes: int,
         cache: ChunkCache | None = None,
+        part_bytes: int = 0,
     ) -> None:
+        """`part_bytes`: what the stream reads of the object an epoch; a part larger than the cache evicts nothing."""
         self._read_range = read_range
         self._cache = cache
+        self._evict = cache is None or part_bytes <= cache.capacity_bytes
         self._requests = iter(requests)
         self._concurrency = asyncio.Semaphore(concurrency)
         self._budget_bytes = budget_bytes
@@ -97,7 +100,9 @@ class RangeScheduler:
         self._in_flight += 1
         try:
             if self._cache is not None:
-                buffer = await self._cache.fetch(request.info, request.start, request.size, self._read_range)
+                buffer = await self._cache.fetch(
+                    request.info, request.start, request.size, self._read_range, evict=self._evict
+                )
             else:
                 buffer = np.empty(request.size, dtype=np.uint8)
                 await self._read_range(request.info, request.start, buffer.data)

@@ -263,6 +263,7 @@ class IdxEpoch:
             concurrency=config.max_concurrency,
             budget_bytes=config.stream_budget_bytes,
             cache=reader._router.cache_for(reader.image),
+            part_bytes=len(reader.part) * header.record_bytes,
         )
 
     async def fill(self, spec: BatchSpec, out: dict[str, NDArray[Any]]) -> None:

@@ -100,8 +100,7 @@ class RawReader:
         """The epoch cache, if the stream's part fits in it: a scan larger than an LRU cache never hits."""
         if cache is None:
             return None
-        room = cache.budget_bytes + (cache.disk.budget_bytes if cache.disk is not None else 0)
-        return cache if 0 < part_bytes <= room else None
+        return cache if 0 < part_bytes <= cache.capacity_bytes else None
 
     def _plan_window(self, config: Config, ttfb_s: float, part_bytes: int) -> Window:
         """At least the client's `prefetch` batches; more when the latency calls for it, within max_ring_bytes.

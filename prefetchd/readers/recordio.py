@@ -281,6 +281,7 @@ class RecordIOEpoch:
             concurrency=config.max_concurrency,
             budget_bytes=config.stream_budget_bytes,
             cache=reader._router.cache_for(reader.rec),
+            part_bytes=int(c.size.sum()),
         )
 
     async def fill(self, spec: BatchSpec, out: dict[str, NDArray[Any]]) -> FillResult | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from prefetchd.testing.daemon_process import DaemonProcess
 from prefetchd.testing.embedded_s3 import EmbeddedS3
@@ -122,3 +123,26 @@ def test_a_bytes_stream_of_an_overwritten_object_is_not_served_from_the_cache(
     url = objects.put("blob", changed)
     after, _ = _bytes_epochs(url, daemon, 2, s3_server)
     assert before == [BLOB] * 2 and after == [changed] * 2
+
+
+def test_an_idx_part_larger_than_the_cache_keeps_its_first_ranges_and_finds_them_every_epoch(
+    s3_server: EmbeddedS3, objects: Objects, fashion_dir: Path
+) -> None:
+    """7.8 MB in 1 MiB ranges, one at a time, through a 3 MiB cache. An LRU evicts each range before the next
+    epoch asks for it again and never hits; kept without eviction, the first three ranges hit every epoch."""
+    image, label = _put(objects, fashion_dir)
+    key = image.split("/", 3)[3]
+    before = _gets(s3_server, key)
+    args = ("--chunk-size", "1MiB", "--cache-size", "3MiB", "--concurrency", "1")
+    ram = (("tier", "ram"),)
+    with (
+        DaemonProcess(env=s3_server.environment(), args=args) as daemon,
+        idx_iter(image, label, batch_size=500, socket_path=daemon.socket_path, prefetch=1) as batches,
+    ):
+        epochs = [b"".join(batch.data.tobytes() for batch in batches) for _ in range(4)]
+        metrics = daemon.metrics()
+    hits, misses = metrics["prefetchd_cache_hits_total", ram], metrics["prefetchd_cache_misses_total", ram]
+    assert epochs[1:] == epochs[:1] * 3
+    assert hits >= 3 * 3, "epochs 2 to 4 found the first three ranges"
+    assert hits * 5 == pytest.approx(misses * 3, abs=5 * 3 + 3 * 8), "about 3 hits to 5 misses an epoch"
+    assert _gets(s3_server, key) - before < hits + misses, "the S3 server saw fewer GETs than ranges were asked"

@@ -187,3 +187,30 @@ def test_a_stalled_streams_read_that_another_stream_waits_for_does_not_wait_behi
     assert asyncio.run(scenario()) == data[:512]
     # without the borrower, the stalled stream's read-ahead would go last: ["busy", "busy", "stalled"]
     assert entered == ["stalled", "busy", "busy"]
+
+
+def test_without_eviction_a_range_is_kept_only_while_there_is_room(tmp_path: Path) -> None:
+    """A part larger than the cache, read front to back each epoch: an LRU would evict every range before its
+    next use and never hit; kept without eviction, the first ranges stay and hit on every later pass."""
+    info = _write(tmp_path / "object", bytes(range(256)) * 64)
+    cache, source = ChunkCache(2500), CountingSource()
+
+    async def passes() -> None:
+        await cache.fetch(info, 5000, 500, source.read_range)  # another stream's range, kept as usual
+        for _ in range(2):
+            for start in (0, 1000, 2000, 3000):
+                got = await cache.fetch(info, start, 1000, source.read_range, evict=False)
+                assert got.tobytes() == (bytes(range(256)) * 64)[start : start + 1000]
+
+    asyncio.run(passes())
+    assert source.reads == [
+        (5000, 500),
+        (0, 1000),
+        (1000, 1000),
+        (2000, 1000),
+        (3000, 1000),
+        (2000, 1000),
+        (3000, 1000),
+    ]
+    assert cache.statistics().hits == 2
+    assert cache.statistics().held_bytes == 2500, "the other stream's range was not pushed out"

@@ -269,3 +269,21 @@ def test_a_directory_other_users_can_write_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(CacheDirError, match="writable by other users"):
         asyncio.run(run())
+
+
+def test_without_eviction_ranges_go_to_disk_while_it_has_room_and_push_nothing_out(tmp_path: Path) -> None:
+    data = _random(4 * RANGE)
+    info = _write(tmp_path / "object", data)
+    source = CountingSource()
+    starts = [0, RANGE, 2 * RANGE, 3 * RANGE]
+
+    async def body(cache: ChunkCache, disk: DiskCache) -> None:
+        for _ in range(2):
+            got = [(await cache.fetch(info, s, RANGE, source.read_range, evict=False)).tobytes() for s in starts]
+            assert got == [data[s : s + RANGE] for s in starts]
+            await disk.settle()
+        assert sorted(_entries(tmp_path / "cache")) == [RANGE, 2 * RANGE], "RAM holds the first, disk the next two"
+        assert (cache.statistics().hits, disk.statistics().hits) == (1, 2)
+
+    _with_cache(tmp_path / "cache", RANGE, 2 * RANGE, body)
+    assert source.reads == [*starts, 3 * RANGE]

@@ -57,10 +57,10 @@ class ChunkCache:
         self._reading: dict[Key, asyncio.Future[NDArray[np.uint8]]] = {}  # ranges being read now, by whom waits
         self._readers: dict[Key, Flow | None] = {}  # the stream reading each of them
 
-    @property
-    def capacity_bytes(self) -> int:
-        """What RAM and the disk tier hold together: a stream's part larger than this can only be kept in part."""
-        return self.budget_bytes + (self.disk.budget_bytes if self.disk is not None else 0)
+    def holds(self, part_bytes: int) -> bool:
+        """Whether a stream's part of `part_bytes` fits in RAM and the disk tier together; a larger part can only
+        be kept in part, and is fetched with `evict=False`."""
+        return part_bytes <= self.budget_bytes + (self.disk.budget_bytes if self.disk is not None else 0)
 
     async def fetch(
         self, info: ObjectInfo, start: int, size: int, read_range: ReadRange, *, evict: bool = True

@@ -58,7 +58,7 @@ class RangeScheduler:
         """`part_bytes`: what the stream reads of the object an epoch; a part larger than the cache evicts nothing."""
         self._read_range = read_range
         self._cache = cache
-        self._evict = cache is None or part_bytes <= cache.capacity_bytes
+        self._evict = cache is None or cache.holds(part_bytes)
         self._requests = iter(requests)
         self._concurrency = asyncio.Semaphore(concurrency)
         self._budget_bytes = budget_bytes

@@ -8,9 +8,9 @@ measure of the fetch path alone.
 
 With the epoch cache on, a stream whose part of the object fits in it (RAM and disk tier together) goes
 through it a batch at a time, so that epoch 2 onward, and other streams with the same batch size, read
-nothing from S3; that costs one copy per batch (into the slot, on a thread). A part that cannot fit would
-only push everything else out of an LRU cache and never be found there again (each epoch reads it front to
-back), so it is read straight into the ring as without a cache.
+nothing from S3; that costs one copy per batch (into the slot, on a thread). A part that cannot fit is read
+straight into the ring as without a cache: kept without eviction, only its first batches would ever hit,
+and every other batch would still pay a fresh buffer and a copy for nothing.
 """
 
 from __future__ import annotations
@@ -97,10 +97,8 @@ class RawReader:
 
     @staticmethod
     def _cache_that_holds(cache: ChunkCache | None, part_bytes: int) -> ChunkCache | None:
-        """The epoch cache, if the stream's part fits in it: a scan larger than an LRU cache never hits."""
-        if cache is None:
-            return None
-        return cache if 0 < part_bytes <= cache.capacity_bytes else None
+        """The epoch cache, if the stream's part fits in it whole (see the module's docstring)."""
+        return cache if cache is not None and part_bytes > 0 and cache.holds(part_bytes) else None
 
     def _plan_window(self, config: Config, ttfb_s: float, part_bytes: int) -> Window:
         """At least the client's `prefetch` batches; more when the latency calls for it, within max_ring_bytes.

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from .images import dataset
 from .network import BUCKET, BenchS3, bench_s3, daemon
-from .training import _cpu_s
+from .procfs import cpu_seconds
 
 EPOCHS = 3
 _BATCH_BYTES = 8 << 20
@@ -58,7 +58,7 @@ def run(
                     bytes_iter(url, batch_bytes=_BATCH_BYTES, prefetch=8, socket_path=serve.socket_path) as batches,
                 ):
                     for epoch in range(EPOCHS):
-                        gets_before, cpu_before = _gets(s3, key), _cpu_s(serve.pid)
+                        gets_before, cpu_before = _gets(s3, key), cpu_seconds(serve.pid)
                         started = time.perf_counter()
                         got = sum(len(batch.data) for batch in batches)
                         seconds = time.perf_counter() - started
@@ -66,7 +66,7 @@ def run(
                             raise RuntimeError(f"{name}: epoch {epoch + 1} brought {got} bytes of {size}")
                         one = figures[name, epoch]
                         one.mb_per_s.append(size / seconds / 1e6)
-                        one.daemon_cpu_s.append(_cpu_s(serve.pid) - cpu_before)
+                        one.daemon_cpu_s.append(cpu_seconds(serve.pid) - cpu_before)
                         one.gets.append(_gets(s3, key) - gets_before)
             say(f"round {round_number}/{rounds} done")
     say(

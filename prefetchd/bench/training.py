@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from typing import Any
 
 from ..testing.datasets import FILES, fashion_mnist
 from .network import bench_s3, daemon
+from .procfs import cpu_seconds
 
 LATENCIES_MS = (30.0, 100.0)
 
@@ -44,12 +44,6 @@ class TrainingResult:
 class _Epoch:
     seconds: float
     next_us: float  # median time in next() per batch
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process `pid` so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @functools.cache
@@ -149,9 +143,9 @@ def run(rounds: int = 3, say: Callable[[str], None] = print) -> list[TrainingRes
                 for latency, serve in daemons.items():
                     first_batch[latency].append(_first_batch_s(*train, serve.socket_path))
                     serve.until_no_streams()  # that stream's fills end before the epoch's are counted
-                    cpu_before = _cpu_s(serve.pid)
+                    cpu_before = cpu_seconds(serve.pid)
                     epoch = _train_epoch(root, serve.socket_path)
-                    _record(results[_name(latency)], epoch, _cpu_s(serve.pid) - cpu_before)
+                    _record(results[_name(latency)], epoch, cpu_seconds(serve.pid) - cpu_before)
                 say(f"round {round_number}/{rounds} done")
     out = list(results.values())
     reference = out[0].median_s

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -122,7 +122,12 @@ class ChunkUses:
 
     def used(self, chunks: NDArray[np.int64], release: Callable[[int], None]) -> None:
         """A batch has used `chunks` (one entry per record); release those it used for the last time."""
-        for chunk, count in Counter(chunks.tolist()).items():  # a batch spans a chunk or two: np.unique costs more
+        # a batch spans a chunk or two: np.unique costs more
+        self.used_counts(Counter(chunks.tolist()).items(), release)
+
+    def used_counts(self, counts: Iterable[tuple[int, int]], release: Callable[[int], None]) -> None:
+        """A batch has used `count` records of each `chunk`; release those it used for the last time."""
+        for chunk, count in counts:
             left = self._left[chunk] - count
             self._left[chunk] = left
             if left == 0:

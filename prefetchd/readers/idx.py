@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -245,6 +245,8 @@ class IdxEpoch:
         records = plan.records_from(first_batch)
         chunks = records // reader.chunk_records
         self._uses = ChunkUses(chunks)
+        # an unshuffled order: every batch without pads is a run of consecutive records
+        self._consecutive = bool(np.all(np.diff(plan.order) == 1))
         need_order = self._uses.need_order
         header, cr = reader.header, reader.chunk_records
         requests = (
@@ -267,6 +269,9 @@ class IdxEpoch:
         )
 
     async def fill(self, spec: BatchSpec, out: dict[str, NDArray[Any]]) -> None:
+        if self._consecutive and spec.pad == 0 and len(spec.records):
+            await self._fill_consecutive(int(spec.records[0]), len(spec.records), out)
+            return
         reader = self.reader
         records = spec.records
         chunks = records // reader.chunk_records
@@ -279,33 +284,50 @@ class IdxEpoch:
             if in_head:
                 rows = reader.head_rows[records]
             else:
-                rows = _contiguous_rows(buffers, records, reader.chunk_records, reader.header.record_bytes)
-            if rows is None:
                 rows = gather_records(buffers, records, chunks, reader.chunk_records, reader.header.record_bytes)
             decode_images(rows.view(reader.header.dtype), out["data"][:n])
             decode_labels(reader.labels[records - reader.part.start], out["label"][:n])
             out["index"][:n] = records
 
+        await self._decode(n, decode)
+        self._uses.used(chunks, self.scheduler.release)
+
+    async def _fill_consecutive(self, first: int, n: int, out: dict[str, NDArray[Any]]) -> None:
+        """Records `first` .. `first + n - 1` (an unshuffled batch): decoded straight from their chunks' buffers.
+
+        The general path's per-record index arithmetic, gathers and counting cost ~100 µs of the loop's time a
+        batch, more than the decode itself (37 µs for 100 MNIST images); on a trainer's two cores the daemon's
+        time is the trainer's.
+        """
+        reader = self.reader
+        cr, stop = reader.chunk_records, first + n
+        pieces = [(c, max(first, c * cr), min(stop, (c + 1) * cr)) for c in range(first // cr, (stop - 1) // cr + 1)]
+        in_head = stop <= len(reader.head_rows)  # no need to wait for any chunk
+        buffers = [] if in_head else [await self.scheduler.get(c) for c, _, _ in pieces]
+
+        def decode() -> None:
+            data, dtype, record_bytes = out["data"], reader.header.dtype, reader.header.record_bytes
+            if in_head:
+                decode_images(reader.head_rows[first:stop].view(dtype), data[:n])
+            for buffer, (c, lo, hi) in zip(buffers, pieces, strict=False):
+                rows = buffer.reshape(-1, record_bytes)[lo - c * cr : hi - c * cr]
+                decode_images(rows.view(dtype), data[lo - first : hi - first])
+            start = first - reader.part.start
+            decode_labels(reader.labels[start : start + n], out["label"][:n])
+            out["index"][:n] = np.arange(first, stop, dtype=np.uint64)
+
+        await self._decode(n, decode)
+        self._uses.used_counts([(c, hi - lo) for c, lo, hi in pieces], self.scheduler.release)
+
+    async def _decode(self, n: int, decode: Callable[[], None]) -> None:
+        """Run `decode` for a batch of `n` records: on the loop when it is small, else on a thread."""
+        reader = self.reader
         started = time.perf_counter()
         if n * reader.header.record_bytes <= INLINE_DECODE_BYTES:
             decode()
         else:
             await run_to_completion(reader._executor, decode)
         reader.decode_s += time.perf_counter() - started
-        self._uses.used(chunks, self.scheduler.release)
-
-
-def _contiguous_rows(
-    buffers: dict[int, NDArray[np.uint8]], records: NDArray[np.int64], chunk_records: int, record_bytes: int
-) -> NDArray[np.uint8] | None:
-    """The rows of `records` as a view of their chunk, when they are consecutive within one (unshuffled reads)."""
-    if len(buffers) != 1 or not len(records) or int(records[-1]) - int(records[0]) != len(records) - 1:
-        return None
-    ((chunk, buffer),) = buffers.items()
-    first = int(records[0]) - chunk * chunk_records
-    if not np.array_equal(records, np.arange(records[0], records[0] + len(records))):
-        return None
-    return buffer.reshape(-1, record_bytes)[first : first + len(records)]
 
 
 def gather_records(

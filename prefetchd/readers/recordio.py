@@ -378,15 +378,21 @@ def _place(
     buffers: dict[int, NDArray[np.uint8]],
     reader: RecordIOReader,
 ) -> list[tuple[int, int, int]]:
-    """Copy each record's bytes into `staging`; returns (offset in staging, size, offset in the object) each."""
-    placed = []
-    position = 0
-    starts = reader.chunks.start
-    for record, chunk in zip(records.tolist(), chunks.tolist(), strict=True):
-        offset = int(reader.offsets[record])
-        size = int(reader.lengths[record])
-        local = offset - int(starts[chunk])
-        staging[position : position + size] = buffers[chunk].data[local : local + size]
-        placed.append((position, size, offset))
-        position += size
-    return placed
+    """Copy each record's bytes into `staging`; returns (offset in staging, size, offset in the object) each.
+
+    Records follow one another in the file (a record's span runs to the next one's offset), so a run of
+    consecutive records within one chunk is copied as one slice: an unshuffled batch is one or two copies,
+    not one per record (a Python loop of 100 copies was a third of the daemon's CPU on 224x224 JPEG).
+    """
+    if not len(records):
+        return []
+    offsets, sizes = reader.offsets[records], reader.lengths[records]
+    positions = np.cumsum(sizes) - sizes
+    breaks = np.flatnonzero((np.diff(records) != 1) | (np.diff(chunks) != 0)) + 1
+    chunk_starts = reader.chunks.start
+    for first, last in zip([0, *breaks.tolist()], [*(breaks - 1).tolist(), len(records) - 1], strict=True):
+        chunk = int(chunks[first])
+        local = int(offsets[first]) - int(chunk_starts[chunk])
+        start, stop = int(positions[first]), int(positions[last] + sizes[last])
+        staging[start:stop] = buffers[chunk].data[local : local + stop - start]
+    return list(zip(positions.tolist(), sizes.tolist(), offsets.tolist(), strict=True))

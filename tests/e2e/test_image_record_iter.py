@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from prefetchd.testing.daemon_process import DaemonProcess
+from prefetchd.testing.embedded_s3 import EmbeddedS3
 from prefetchd.testing.image_records import RecFiles, images, write_rec
 from tests.conftest import Objects
 
@@ -117,6 +118,21 @@ def test_colour_batches_match_mxnet(
         shuffle=False,
     )
     assert assert_same_batches(reference, ours, epochs=3) == -(-61 // batch_size)
+
+
+def test_batches_cut_across_many_small_ranges_match_mxnet(
+    tmp_path: Path, objects: Objects, s3_server: EmbeddedS3
+) -> None:
+    """4 KiB ranges of ~1 KB records: most batches take records from two or three ranges, and the daemon
+    copies each run of records one range holds in one piece."""
+    files = _dataset(tmp_path, "small-ranges", 61, sizes=[(28, 28), (60, 45)])
+    assert files.rec.stat().st_size > 61 * 4096 // 9  # a batch of 9 records is more than a range
+    env = s3_server.environment() | {"PREFETCHD_MIN_CHUNK_BYTES": "4KiB"}
+    with DaemonProcess(env=env, args=("--chunk-size", "4KiB", "--cache-size", "0")) as daemon:
+        reference, ours = _pair(
+            files, _upload(objects, files), daemon, index=True, data_shape=(3, 28, 28), batch_size=9, shuffle=False
+        )
+        assert assert_same_batches(reference, ours, epochs=2) == -(-61 // 9)
 
 
 def test_grayscale_png_with_normalisation_matches_mxnet(

@@ -35,8 +35,10 @@ LABELS = _rng.integers(0, 10, size=RECORDS, dtype=np.uint8)
 def _epochs(
     directory: Path, request: Open, chunk_records: int, epochs: int
 ) -> list[list[tuple[NDArray[Any], NDArray[Any], NDArray[Any], int]]]:
-    """Each epoch's batches as (data, label, index, pad), read through a reader over local files; the arrays
-hold the batch's records and pads only (a "keep" epoch's last batch is short)."""
+    """Each epoch's batches as (data, label, index, pad), read through a reader over local files.
+
+    The arrays hold the batch's records and pads only: a "keep" epoch's last batch is short.
+    """
     config = Config(
         socket_path=directory / "unused.sock",
         chunk_bytes=chunk_records * SIDE * SIDE,

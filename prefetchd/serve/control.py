@@ -70,6 +70,7 @@ class ControlServer:
         self.draining = False  # set by the daemon before it cancels serve(): connections say goodbye
         self.finished = FinishedStreams()  # closed streams' counters, so that the daemon's totals never go down
         self._ids = itertools.count(1)
+        self._populating: set[asyncio.Task[None]] = set()  # rings being faulted in on threads
         self.on_idle: Callable[[], None] = lambda: None
         self.on_busy: Callable[[], None] = lambda: None
 
@@ -194,6 +195,10 @@ class ControlServer:
     ) -> None:
         shape = reader.shape
         ring = RingWriter(Segment(f"prefetchd-stream-{stream_id}", geometry.segment_bytes, seal=False), geometry)
+        if reader.writes_ring_here:
+            populating = asyncio.create_task(_populate(ring.segment))  # on a thread, while the first GETs wait
+            self._populating.add(populating)  # the loop holds tasks weakly
+            populating.add_done_callback(self._populating.discard)
         stream = Stream(stream_id, peer, reader, ring, request)
         self.streams[stream_id] = stream
         try:
@@ -223,7 +228,7 @@ class ControlServer:
             del self.streams[stream_id]
             self.finished = self.finished.plus(stream.snapshot())
             reader.detach()
-            ring.close()
+            ring.close()  # a population still running stops at its next step
             log.info("stream %d closed", stream_id)
 
     async def _serve_upload(self, peer: PeerConnection, request: Upload) -> None:
@@ -297,3 +302,11 @@ async def open_reader(
     if request.format == "bytes":
         return await RawReader.open(request, router=router, config=config, executor=executor)
     raise InvalidRequest(f"unknown format {request.format!r} (this daemon serves: idx, recordio, bytes)")
+
+
+async def _populate(segment: Segment) -> None:
+    """Fault a new ring's pages in on a thread (Segment.populate); a failure there costs only the speed-up."""
+    try:
+        await asyncio.to_thread(segment.populate)
+    except Exception:
+        log.warning("populating a ring failed; its pages fault in as they are written", exc_info=True)

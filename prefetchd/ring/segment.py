@@ -83,6 +83,8 @@ class Segment:
             return True
         finally:
             del anchor
+            if self._closed:
+                self._unmap()  # a close() meanwhile could not unmap while the kernel was filling the mapping
 
     def seal(self) -> None:
         """Seal a segment made with `seal=False`, once every writer (decode workers) has mapped it."""

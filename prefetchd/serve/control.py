@@ -70,7 +70,6 @@ class ControlServer:
         self.draining = False  # set by the daemon before it cancels serve(): connections say goodbye
         self.finished = FinishedStreams()  # closed streams' counters, so that the daemon's totals never go down
         self._ids = itertools.count(1)
-        self._populating: set[asyncio.Task[None]] = set()  # rings being faulted in on threads
         self.on_idle: Callable[[], None] = lambda: None
         self.on_busy: Callable[[], None] = lambda: None
 
@@ -195,10 +194,8 @@ class ControlServer:
     ) -> None:
         shape = reader.shape
         ring = RingWriter(Segment(f"prefetchd-stream-{stream_id}", geometry.segment_bytes, seal=False), geometry)
-        if reader.writes_ring_here:
-            populating = asyncio.create_task(_populate(ring.segment))  # on a thread, while the first GETs wait
-            self._populating.add(populating)  # the loop holds tasks weakly
-            populating.add_done_callback(self._populating.discard)
+        if reader.writes_ring_here:  # on a thread, while the first GETs wait; it stops when the ring closes
+            asyncio.get_running_loop().run_in_executor(None, _populate, ring.segment)
         stream = Stream(stream_id, peer, reader, ring, request)
         self.streams[stream_id] = stream
         try:
@@ -304,9 +301,10 @@ async def open_reader(
     raise InvalidRequest(f"unknown format {request.format!r} (this daemon serves: idx, recordio, bytes)")
 
 
-async def _populate(segment: Segment) -> None:
-    """Fault a new ring's pages in on a thread (Segment.populate); a failure there costs only the speed-up."""
+def _populate(segment: Segment) -> None:
+    """Fault a new ring's pages in (Segment.populate), on a thread nobody waits for: a failure costs only the
+    speed-up, and is logged here rather than left in a future nobody reads."""
     try:
-        await asyncio.to_thread(segment.populate)
+        segment.populate()
     except Exception:
         log.warning("populating a ring failed; its pages fault in as they are written", exc_info=True)

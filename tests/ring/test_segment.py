@@ -33,3 +33,33 @@ def test_populate_of_a_closed_segment_does_nothing_and_says_so() -> None:
     before = _shared_resident_bytes()
     assert not segment.populate()
     assert _shared_resident_bytes() - before < MiB
+
+
+def _mapped(name: str) -> bool:
+    return f"/memfd:{name} " in Path("/proc/self/maps").read_text() + " "
+
+
+def test_a_segment_closed_while_it_is_populated_is_unmapped_when_the_population_stops() -> None:
+    """close() cannot unmap while the kernel fills the mapping; the population then unmaps it itself,
+    without waiting for the collector (a daemon may run with it off)."""
+    import gc
+    import threading
+
+    name = "test-populate-race"
+    segment = Segment(name, 512 * MiB)
+    started = threading.Event()
+
+    def populate() -> None:
+        started.set()
+        segment.populate()
+
+    gc.disable()
+    try:
+        thread = threading.Thread(target=populate)
+        thread.start()
+        started.wait()
+        segment.close()
+        thread.join()
+        assert not _mapped(name), "the ring outlived its close"
+    finally:
+        gc.enable()

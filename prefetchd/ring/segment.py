@@ -22,12 +22,13 @@ log = logging.getLogger("prefetchd.ring.segment")
 SEGMENT_MODE = 0o600
 F_SEAL_FUTURE_WRITE = 0x0010  # linux/fcntl.h, Linux 5.1+; Python's fcntl module does not name it
 _SIZE_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+_SEALS = _SIZE_SEALS | F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_SEAL
+
 MADV_POPULATE_WRITE = 23  # linux/mman.h, Linux 5.14+; Python's mmap module names it from 3.13 on
 _POPULATE_STEP = 8 << 20  # a closed segment stops the population within one step
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.madvise.restype = ctypes.c_int
-_SEALS = _SIZE_SEALS | F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_SEAL
 
 
 def _seal(fd: int) -> None:

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from prefetchd.config import Config
 from prefetchd.fetch.router import SourceRouter
 from prefetchd.plan.epoch import partition
-from prefetchd.readers.idx import IdxReader, parse_options
+from prefetchd.readers.idx import IdxReader
 from prefetchd_client.protocol import Open
 
 from ..idx_files import write_idx
@@ -100,7 +100,6 @@ def test_every_batch_is_the_records_its_plan_names_scaled_as_mxnet_scales_them(
         part_index=part_index,
         last_batch=last_batch,
     )
-    parse_options(request)
     part = partition(RECORDS, num_parts, part_index)
     # each epoch reads each record of the partition once (bar the partial batch "discard" drops)
     per_epoch = len(part) - (len(part) % batch_size if last_batch == "discard" else 0)

@@ -63,10 +63,6 @@ class Reader(Protocol):
     fill_depth: int  # batches filled at once: more than one keeps worker processes busy between batches
     epochs_overlap: bool  # the next epoch's fills may start before this one's finish (its context exited)
     decode_s: float  # time spent decoding batches whose bytes had arrived, for the metrics
-    # the daemon's own process writes the ring (worker processes write a RecordIO stream's): the daemon faults
-    # its pages in ahead of the writes (Segment.populate); mapped here for nothing, they would only add the
-    # ring to the daemon's resident memory
-    writes_ring_here: bool
 
     async def attach(self, segment_id: int, segment: Segment) -> None:
         """Called once the stream's ring exists, before it is sealed and sent."""

@@ -106,7 +106,6 @@ class IdxReader:
     fill_depth = 1  # decoding an IDX batch is a scaled copy; one at a time keeps the order simple
     epochs_overlap = False  # an epoch's fills use its own fetch schedule: they finish inside it
     decode_s = 0.0  # an instance's own once it decodes
-    writes_ring_here = True  # decoded on the loop or the daemon's threads
 
     def __init__(
         self,

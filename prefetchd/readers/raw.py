@@ -64,7 +64,6 @@ class RawReader:
         self.fill_depth = config.max_concurrency
         self.epochs_overlap = True  # a fill needs nothing of its epoch: the next epoch's GETs go while this one's end
         self.decode_s = 0.0  # raw bytes are not decoded
-        self.writes_ring_here = True  # GETs are received straight into the slots
         blocks = -(-info.size // self.block)
         self.part = partition(blocks, request.num_parts, request.part_index)
         part_bytes = max(0, min(info.size, self.part.stop * self.block) - self.part.start * self.block)

@@ -152,7 +152,6 @@ class RecordIOReader:
 
     fill_depth = 2  # while the workers decode one batch, the next one's records are staged
     epochs_overlap = False  # an epoch's fills use its own fetch schedule: they finish inside it
-    writes_ring_here = False  # the decode workers write the batches
     decode_s = 0.0  # an instance's own once it decodes
 
     def __init__(

@@ -8,7 +8,6 @@ daemon has mapped it, future writes are sealed too: the fd the client receives m
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import logging
@@ -23,12 +22,6 @@ SEGMENT_MODE = 0o600
 F_SEAL_FUTURE_WRITE = 0x0010  # linux/fcntl.h, Linux 5.1+; Python's fcntl module does not name it
 _SIZE_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
 _SEALS = _SIZE_SEALS | F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_SEAL
-
-MADV_POPULATE_WRITE = 23  # linux/mman.h, Linux 5.14+; Python's mmap module names it from 3.13 on
-_POPULATE_STEP = 8 << 20  # a closed segment stops the population within one step
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-_libc.madvise.restype = ctypes.c_int
 
 
 def _seal(fd: int) -> None:
@@ -58,34 +51,6 @@ class Segment:
             raise
         self.buffer = memoryview(self.map)
         self._closed = False
-
-    def populate(self) -> bool:
-        """Have the kernel allocate and map every page now, a step at a time; meant for a thread (ctypes calls
-        run without the GIL). False when the kernel cannot (before Linux 5.14) or the segment closed meanwhile.
-
-        Why: a fresh page's first write costs a fault, ~3.4 µs a page on this VM, in whoever writes first (the
-        loop receiving into a slot, a worker decoding into one). One madvise per 8 MiB costs less per page,
-        and on a thread while the first GETs wait. A fresh stream reading the 1 GB .rec at 30 ms, medians of
-        four runs: 753-945 MB/s without, 997-1,108 MB/s with (docs/benchmarks.md).
-        """
-        try:
-            anchor = ctypes.c_char.from_buffer(self.map)  # holds the mapping while the kernel fills it
-        except (ValueError, BufferError):
-            return False  # closed already
-        try:
-            base = ctypes.addressof(anchor)
-            for start in range(0, self.size, _POPULATE_STEP):
-                if self._closed:
-                    return False
-                if _libc.madvise(base + start, min(_POPULATE_STEP, self.size - start), MADV_POPULATE_WRITE):
-                    reason = os.strerror(ctypes.get_errno())
-                    log.debug("no MADV_POPULATE_WRITE here (%s): pages fault in as they are written", reason)
-                    return False
-            return True
-        finally:
-            del anchor
-            if self._closed:
-                self._unmap()  # a close() meanwhile could not unmap while the kernel was filling the mapping
 
     def seal(self) -> None:
         """Seal a segment made with `seal=False`, once every writer (decode workers) has mapped it."""

@@ -194,8 +194,6 @@ class ControlServer:
     ) -> None:
         shape = reader.shape
         ring = RingWriter(Segment(f"prefetchd-stream-{stream_id}", geometry.segment_bytes, seal=False), geometry)
-        if reader.writes_ring_here:  # on a thread, while the first GETs wait; it stops when the ring closes
-            asyncio.get_running_loop().run_in_executor(None, _populate, ring.segment)
         stream = Stream(stream_id, peer, reader, ring, request)
         self.streams[stream_id] = stream
         try:
@@ -225,7 +223,7 @@ class ControlServer:
             del self.streams[stream_id]
             self.finished = self.finished.plus(stream.snapshot())
             reader.detach()
-            ring.close()  # a population still running stops at its next step
+            ring.close()
             log.info("stream %d closed", stream_id)
 
     async def _serve_upload(self, peer: PeerConnection, request: Upload) -> None:
@@ -299,12 +297,3 @@ async def open_reader(
     if request.format == "bytes":
         return await RawReader.open(request, router=router, config=config, executor=executor)
     raise InvalidRequest(f"unknown format {request.format!r} (this daemon serves: idx, recordio, bytes)")
-
-
-def _populate(segment: Segment) -> None:
-    """Fault a new ring's pages in (Segment.populate), on a thread nobody waits for: a failure costs only the
-    speed-up, and is logged here rather than left in a future nobody reads."""
-    try:
-        segment.populate()
-    except Exception:
-        log.warning("populating a ring failed; its pages fault in as they are written", exc_info=True)
